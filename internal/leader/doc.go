@@ -1,0 +1,39 @@
+// Package leader elects one leader among the sidecars of a fleet through a
+// Consul session lock, and lets the leader claim schedule slots.
+//
+// It is built on Consul's session, KV and Txn APIs rather than api.Lock,
+// whose lost-lock channel is fed only by a blocking query and so misses a
+// partition (hashicorp/consul#18271).
+//
+// Guarantees:
+//
+//   - A Term is handed to the lead function only after this sidecar's
+//     session acquired the lock key in a Txn; its fencing token is the Raft
+//     index (ModifyIndex) of that write, so tokens strictly increase with
+//     each new leadership of the same Consul cluster.
+//   - Leadership is a local lease on the monotonic clock: after each
+//     successful create or renew sent at time s, the lease runs until
+//     s + TTL - TTL/5. Consul does not invalidate a session earlier than TTL
+//     after its last renew, and a peer must then also wait out the
+//     lock-delay, so a holder that stops acting when its lease ends never
+//     acts beside a new leader. The lease decides: an error from Consul only
+//     means "unknown". The lead context is cancelled, with a cause wrapping
+//     ErrLockLost, when the lease ends, when a renew answers 404, or when a
+//     consistent read or a slot claim shows that another session holds the
+//     key.
+//   - Run never returns, and never campaigns again, while the lead function
+//     it called is still running. On a graceful return it releases the key
+//     (no lock-delay, so a standby's blocking query wakes at once) and then
+//     destroys the session.
+//   - Claim moves <prefix>/jobs/<job>/last forward to a slot in one Txn that
+//     also checks that the session still holds the lock key, so a slot is
+//     claimed at most once across the fleet whatever the sidecars' clocks
+//     say.
+//
+// Not guaranteed: that the holder of a claim delivers it. A sidecar that
+// claims a slot and then pauses may send its trigger late; the trigger's
+// deadline and fencing token let the app refuse it. The lock is advisory and
+// the app is the only true fence. A session destroyed by an operator, or
+// whose node is deregistered, is invalidated at once, leaving only the
+// lock-delay as a margin.
+package leader

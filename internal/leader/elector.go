@@ -1,0 +1,347 @@
+package leader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+)
+
+// Options configures an Elector.
+type Options struct {
+	Key         string        // the lock key, <prefix>/leader
+	JobsPrefix  string        // folder of per-job state, <prefix>/jobs/
+	ID          string        // this sidecar's identity, stored in the key and in claims
+	Value       []byte        // stored in the lock key while held
+	SessionName string        // shown in Consul's session list
+	TTL         time.Duration // session TTL
+	LockDelay   time.Duration // session lock-delay
+
+	// WaitTime bounds one blocking query; keep it under any load
+	// balancer's idle timeout. Default 30s.
+	WaitTime time.Duration
+	// RetryInterval is the pause after a failed request and between
+	// acquire attempts while a lock-delay holds the free key. Default 500ms.
+	RetryInterval time.Duration
+
+	Metrics Metrics // optional
+}
+
+// Metrics receives counts of Consul errors by operation. It is optional.
+type Metrics interface {
+	ConsulError(op string)
+}
+
+type nopMetrics struct{}
+
+func (nopMetrics) ConsulError(string) {}
+
+func (o *Options) requestTimeout() time.Duration { return max(o.TTL/3, 500*time.Millisecond) }
+
+// leaseLength is TTL minus a margin of TTL/5 for clock-rate error and
+// scheduling delay between taking sendTime and the server resetting its
+// timer.
+func (o *Options) leaseLength() time.Duration { return o.TTL - o.TTL/5 }
+
+// Elector campaigns for the lock key and runs a lead function while it
+// holds it.
+type Elector struct {
+	client *api.Client
+	opts   Options
+	log    hclog.Logger
+}
+
+// New returns an Elector. client is a ready Consul client; log receives the
+// elector's events.
+func New(client *api.Client, opts Options, log hclog.Logger) *Elector {
+	if opts.WaitTime <= 0 {
+		opts.WaitTime = 30 * time.Second
+	}
+	if opts.RetryInterval <= 0 {
+		opts.RetryInterval = 500 * time.Millisecond
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = nopMetrics{}
+	}
+	return &Elector{client: client, opts: opts, log: log}
+}
+
+// Run campaigns until ctx is done. Each time it acquires the lock it calls
+// lead with a context that is cancelled when ctx is done or leadership is
+// lost (context.Cause then wraps ErrLockLost), and waits for lead to return
+// before doing anything else.
+//
+// When lead returns nil while still holding the lock (a shutdown, or a
+// handover), the key is released, the session destroyed, and Run returns
+// nil. When leadership was lost, Run campaigns again with a new session
+// unless ctx is done. When lead returns an error, Run stops renewing without releasing (the lock then expires by TTL
+// plus lock-delay) and returns that error. Run also returns an error
+// wrapping ErrSessionRejected when Consul refuses the session settings.
+func (e *Elector) Run(ctx context.Context, lead func(context.Context, *Term) error) error {
+	var (
+		s       *session
+		index   uint64
+		backoff = e.opts.RetryInterval
+	)
+	defer func() {
+		if s != nil {
+			s.destroy()
+		}
+	}()
+	pause := func() bool {
+		t := time.NewTimer(backoff)
+		defer t.Stop()
+		backoff = min(backoff*2, 5*time.Second)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return true
+		}
+	}
+	for ctx.Err() == nil {
+		holder, next, err := e.watch(ctx, index)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			e.opts.Metrics.ConsulError("watch")
+			e.log.Warn("read lock key failed", "key", e.opts.Key, "error", err)
+			index = 0
+			if !pause() {
+				return nil
+			}
+			continue
+		}
+		index = next
+		if holder != "" && (s == nil || holder != s.id) {
+			// Held by a peer: wait on the blocking query. A session
+			// kept from an earlier attempt holds nothing; drop it so
+			// standbys cost Consul no renewals.
+			if s != nil {
+				s.destroy()
+				s = nil
+			}
+			backoff = e.opts.RetryInterval
+			continue
+		}
+		if s != nil && s.lostCause() != nil {
+			s.destroy()
+			s = nil
+		}
+		if s == nil {
+			s, err = newSession(ctx, e.client, &e.opts, e.log)
+			if errors.Is(err, ErrSessionRejected) {
+				return err
+			}
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				e.opts.Metrics.ConsulError("session_create")
+				e.log.Warn("create session failed", "error", err)
+				if !pause() {
+					return nil
+				}
+				continue
+			}
+		}
+		token, err := e.acquire(ctx, s)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if !errors.Is(err, errLockDelay) && !errors.Is(err, errHeld) {
+				e.opts.Metrics.ConsulError("acquire")
+				e.log.Warn("acquire lock failed", "key", e.opts.Key, "error", err)
+			} else {
+				e.log.Debug("lock not acquired", "key", e.opts.Key, "reason", err)
+			}
+			// Ask again at once on the next round; while a
+			// lock-delay holds the free key no blocking query would
+			// wake us, so pace the attempts instead.
+			index = 0
+			if errors.Is(err, errLockDelay) {
+				backoff = e.opts.RetryInterval
+			}
+			if !pause() {
+				return nil
+			}
+			continue
+		}
+		backoff = e.opts.RetryInterval
+		held := s
+		s = nil // from here hold owns the session
+		lost, err := e.hold(ctx, held, token, lead)
+		if err != nil || !lost {
+			return err
+		}
+		index = 0
+	}
+	return nil
+}
+
+// watch reads the lock key with a blocking query from index and returns
+// the holding session ("" when free) and the index to wait on next.
+func (e *Elector) watch(ctx context.Context, index uint64) (string, uint64, error) {
+	q := &api.QueryOptions{WaitIndex: index, WaitTime: e.opts.WaitTime}
+	rctx, cancel := context.WithTimeout(ctx, e.opts.WaitTime+e.opts.WaitTime/16+e.opts.requestTimeout())
+	defer cancel()
+	pair, meta, err := e.client.KV().Get(e.opts.Key, q.WithContext(rctx))
+	if err != nil {
+		return "", 0, fmt.Errorf("get %s: %w", e.opts.Key, err)
+	}
+	next := meta.LastIndex
+	if next < index { // the index went backwards (snapshot restore): start over
+		next = 0
+	}
+	if pair == nil {
+		return "", next, nil
+	}
+	return pair.Session, next, nil
+}
+
+var (
+	errLockDelay = errors.New("lock-delay in effect")
+	errHeld      = errors.New("lock held by another session")
+)
+
+// acquire takes the lock key for s in one Txn that also reads the key back,
+// so the fencing token is the index of the acquiring write itself.
+func (e *Elector) acquire(ctx context.Context, s *session) (uint64, error) {
+	ops := api.TxnOps{
+		{KV: &api.KVTxnOp{Verb: api.KVLock, Key: e.opts.Key, Value: e.opts.Value, Session: s.id}},
+		{KV: &api.KVTxnOp{Verb: api.KVGet, Key: e.opts.Key}},
+	}
+	rctx, cancel := context.WithTimeout(ctx, e.opts.requestTimeout())
+	defer cancel()
+	ok, resp, _, err := e.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(rctx))
+	if err != nil {
+		return 0, fmt.Errorf("acquire %s: %w", e.opts.Key, err)
+	}
+	if !ok {
+		for _, te := range resp.Errors {
+			if containsAny(te.What, "lock delay", "lock-delay") {
+				return 0, errLockDelay
+			}
+		}
+		if len(resp.Errors) > 0 {
+			return 0, fmt.Errorf("%w: %s", errHeld, resp.Errors[0].What)
+		}
+		return 0, errHeld
+	}
+	if len(resp.Results) < 2 || resp.Results[1].KV == nil || resp.Results[1].KV.Session != s.id {
+		return 0, fmt.Errorf("acquire %s: txn did not return the held key", e.opts.Key)
+	}
+	return resp.Results[1].KV.ModifyIndex, nil
+}
+
+// hold runs lead while s holds the key, then releases or abandons it. It
+// reports whether leadership was lost (rather than given up).
+func (e *Elector) hold(ctx context.Context, s *session, token uint64, lead func(context.Context, *Term) error) (bool, error) {
+	lctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	s.setOnLost(cancel)
+
+	term := newConsulTerm(e, s, token)
+	log := e.log.With("fencing_token", token)
+	log.Info("leadership acquired", "key", e.opts.Key, "lease_remaining", s.remaining().Round(time.Millisecond))
+
+	monitored := make(chan struct{})
+	go func() {
+		defer close(monitored)
+		e.monitor(lctx, s)
+	}()
+
+	leadErr := lead(lctx, term)
+	cancel(nil)
+	<-monitored
+
+	if leadErr != nil {
+		// Typically a drain that timed out: jobs may still run, so do
+		// not hand the lock on. It expires by TTL plus lock-delay.
+		s.halt()
+		log.Error("leadership abandoned without release", "error", leadErr)
+		return false, leadErr
+	}
+	if cause := s.lostCause(); cause != nil {
+		s.destroy()
+		log.Warn("leadership lost", "cause", cause)
+		return true, nil
+	}
+	e.release(s)
+	s.destroy()
+	log.Info("leadership released", "key", e.opts.Key)
+	return false, nil
+}
+
+// monitor watches the lock key with consistent blocking queries while
+// leading. It cancels with a cause only on proof of loss: the key shows
+// another session, or no session. Errors only mean "unknown" and leave the
+// lease in charge.
+func (e *Elector) monitor(ctx context.Context, s *session) {
+	var index uint64
+	for ctx.Err() == nil {
+		q := &api.QueryOptions{WaitIndex: index, WaitTime: e.opts.WaitTime, RequireConsistent: true}
+		rctx, cancel := context.WithTimeout(ctx, e.opts.WaitTime+e.opts.WaitTime/16+e.opts.requestTimeout())
+		pair, meta, err := e.client.KV().Get(e.opts.Key, q.WithContext(rctx))
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			e.opts.Metrics.ConsulError("monitor")
+			e.log.Warn("monitor lock key failed", "key", e.opts.Key, "error", err)
+			index = 0
+			t := time.NewTimer(e.opts.RetryInterval)
+			select {
+			case <-ctx.Done():
+			case <-t.C:
+			}
+			t.Stop()
+			continue
+		}
+		switch {
+		case pair == nil:
+			s.lose(fmt.Errorf("%w: lock key deleted", ErrLockLost))
+			return
+		case pair.Session != s.id:
+			s.lose(fmt.Errorf("%w: lock key held by session %q", ErrLockLost, pair.Session))
+			return
+		}
+		if meta.LastIndex < index {
+			index = 0
+		} else {
+			index = meta.LastIndex
+		}
+	}
+}
+
+// release frees the key with ?release, which sets no lock-delay, so a
+// standby's blocking query wakes at once.
+func (e *Elector) release(s *session) {
+	ctx, cancel := context.WithTimeout(context.Background(), e.opts.requestTimeout())
+	defer cancel()
+	ok, _, err := e.client.KV().Release(&api.KVPair{Key: e.opts.Key, Session: s.id}, (&api.WriteOptions{}).WithContext(ctx))
+	if err != nil {
+		e.opts.Metrics.ConsulError("release")
+		e.log.Warn("release lock failed", "key", e.opts.Key, "error", err)
+		return
+	}
+	if !ok {
+		e.log.Warn("release lock refused: key not held by this session", "key", e.opts.Key)
+	}
+}
+
+func containsAny(s string, subs ...string) bool {
+	for _, sub := range subs {
+		if strings.Contains(s, sub) {
+			return true
+		}
+	}
+	return false
+}
