@@ -19,7 +19,7 @@ var ErrNotLeader = fmt.Errorf("%w: session no longer holds the lock", ErrLockLos
 // given to.
 type Term struct {
 	token uint64
-	sess  *session   // nil in standalone mode: the lease never ends
+	sess  *session // nil in standalone mode: the lease never ends
 	store slotStore
 }
 
@@ -224,4 +224,3 @@ func (m *memorySlots) claim(_ context.Context, job string, slot time.Time, _ uin
 	m.slots[job] = slot
 	return true, nil
 }
-

@@ -1,0 +1,90 @@
+// Package admin serves the sidecar's own endpoints: GET /healthz and
+// GET /status.
+//
+// Guarantees: /healthz answers 200 while the process's loops run, whatever
+// the leadership or Consul's state, so an orchestrator never restarts a
+// healthy standby for losing an election. /status is a JSON snapshot taken
+// at request time.
+//
+// Not guaranteed: that /status agrees with Consul; it is this sidecar's
+// own view, and a standby's next_slot is only what it would fire if it led.
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// Status is the body of GET /status.
+type Status struct {
+	ID               string      `json:"id"`
+	Service          string      `json:"service"`
+	Leader           bool        `json:"leader"`
+	FencingToken     uint64      `json:"fencing_token"`
+	LeaseRemainingMS int64       `json:"lease_remaining_ms"`
+	Jobs             []JobStatus `json:"jobs"`
+}
+
+// JobStatus is one job in Status.
+type JobStatus struct {
+	Name     string    `json:"name"`
+	Schedule string    `json:"schedule"`
+	TZ       string    `json:"tz"`
+	NextSlot time.Time `json:"next_slot"`
+	Last     *LastSlot `json:"last"`
+}
+
+// LastSlot is the most recent slot's fate.
+type LastSlot struct {
+	Slot       time.Time `json:"slot"`
+	Outcome    string    `json:"outcome"`
+	Reason     string    `json:"reason,omitempty"`
+	HTTPStatus int       `json:"http_status"`
+	DurationMS int64     `json:"duration_ms"`
+}
+
+// Handler returns the admin mux. status is called for each GET /status.
+func Handler(status func() Status) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(status())
+	})
+	return mux
+}
+
+// Serve serves h on ln until ctx ends, then shuts down gracefully within
+// five seconds.
+func Serve(ctx context.Context, ln net.Listener, h http.Handler, log hclog.Logger) error {
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog:          log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if serr := <-errc; !errors.Is(serr, http.ErrServerClosed) {
+		return serr
+	}
+	return err
+}
