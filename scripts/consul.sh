@@ -2,10 +2,10 @@
 # Builds the real Consul agent pinned in tools/consul/go.mod and prints the
 # path of the binary. The binary is cached outside git, keyed by the pinned
 # version and the hash of tools/consul/go.sum, so the 5-8 minute build runs
-# once per machine. Override the cache folder with LEADERCRON_CACHE.
+# once per machine. Override the cache folder with XDG_CACHE_HOME.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-cache=${LEADERCRON_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/leadercron}
+cache=${XDG_CACHE_HOME:-$HOME/.cache}/leadercron
 version=$(awk '$1=="github.com/hashicorp/consul" {print $2; exit}' "$root/tools/consul/go.mod")
 sum=$(sha256sum "$root/tools/consul/go.sum" | cut -c1-12)
 bin="$cache/consul-$version-$sum"

@@ -2,7 +2,7 @@
 // ports, and a TCP proxy that can cut the path to them.
 //
 // The agent binary is the one scripts/consul.sh builds from the module
-// pinned in tools/consul; it is found through $LEADERCRON_CONSUL, then
+// pinned in tools/consul; it is found through $CONSUL_BIN, then
 // "consul" on $PATH. When neither exists the test is skipped on a developer
 // machine, and fails when CI=true: a missing Consul is never a silent pass.
 //
@@ -29,7 +29,7 @@ import (
 
 // Binary returns the path of the consul binary, or "" if there is none.
 func Binary() string {
-	if p := os.Getenv("LEADERCRON_CONSUL"); p != "" {
+	if p := os.Getenv("CONSUL_BIN"); p != "" {
 		if _, err := os.Stat(p); err == nil {
 			return p
 		}
@@ -46,7 +46,7 @@ func Require(t testing.TB) string {
 	t.Helper()
 	bin := Binary()
 	if bin == "" {
-		msg := "no consul binary: run scripts/consul.sh and set LEADERCRON_CONSUL, or put consul on PATH"
+		msg := "no consul binary: run scripts/consul.sh and set CONSUL_BIN, or put consul on PATH"
 		if os.Getenv("CI") == "true" {
 			t.Fatal(msg)
 		}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The project's whole test suite, as the README promises and CI runs it:
+# formatting, vet, staticcheck, then every test with the race detector
+# against a real Consul agent (built once from tools/consul and cached).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CONSUL_BIN=$(scripts/consul.sh)
+export CONSUL_BIN
+echo "consul: $CONSUL_BIN ($("$CONSUL_BIN" version | head -1))"
+
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './tools/*'))
+if [ -n "$unformatted" ]; then
+  echo "gofmt would change:"; echo "$unformatted"; exit 1
+fi
+
+echo "== go vet"
+go vet ./...
+
+echo "== staticcheck"
+go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
+echo "== go test -race"
+go test -race -count=1 "$@" ./...
