@@ -1,0 +1,10 @@
+// Package e2e holds end-to-end tests that run the built leadercron binary
+// against a real Consul agent and recording apps. It has no non-test code
+// besides this comment.
+//
+// What the tests prove: exactly one sidecar of a fleet triggers; SIGTERM on
+// the leader drains its app while the lock is still held and then hands the
+// lock over; SIGKILL on the leader lets a standby take over only after the
+// lock-delay; no slot is ever triggered twice; bad configuration exits 2
+// and a drain that times out exits 3 without releasing the lock.
+package e2e
