@@ -90,9 +90,9 @@ type Scheduler struct {
 	log   hclog.Logger
 	opts  Options
 
-	inflight sync.WaitGroup
-
-	mu     sync.Mutex
+	mu       sync.Mutex
+	inflight int           // triggers sent and not yet answered
+	idle     chan struct{} // closed when inflight drops to 0
 	state  map[string]*jobState
 	leader bool
 }
@@ -117,8 +117,11 @@ func New(jobs []Job, app App, clock Clock, log hclog.Logger, opts Options) *Sche
 		opts.ClaimRetry = 100 * time.Millisecond
 	}
 	st := make(map[string]*jobState, len(jobs))
-	for _, j := range jobs {
+	for i, j := range jobs {
 		st[j.Name] = &jobState{}
+		if j.Location == nil {
+			jobs[i].Location = time.UTC
+		}
 	}
 	return &Scheduler{jobs: jobs, app: app, clock: clock, log: log, opts: opts, state: st}
 }
@@ -142,10 +145,15 @@ func (s *Scheduler) Lead(ctx context.Context, term Term) {
 // Wait waits until every trigger sent so far has finished, or ctx ends; it
 // reports whether they all finished.
 func (s *Scheduler) Wait(ctx context.Context) bool {
-	done := make(chan struct{})
-	go func() { s.inflight.Wait(); close(done) }()
+	s.mu.Lock()
+	if s.inflight == 0 {
+		s.mu.Unlock()
+		return true
+	}
+	idle := s.idle
+	s.mu.Unlock()
 	select {
-	case <-done:
+	case <-idle:
 		return true
 	case <-ctx.Done():
 		return false
@@ -170,6 +178,7 @@ func (s *Scheduler) runJob(ctx context.Context, term Term, j Job) {
 		if !s.sleepUntil(ctx, slot) {
 			return
 		}
+		slot = s.latestDue(log, j, slot)
 		from = slot
 		if rem := term.Remaining(); rem < s.opts.LeaseMargin {
 			s.missed(log, j, slot, "lease_short")
@@ -260,11 +269,46 @@ func (s *Scheduler) sleepUntil(ctx context.Context, t time.Time) bool {
 	}
 }
 
+// latestDue returns the latest slot that is due now, starting from slot.
+// After a late wake-up (a stall, a suspended host, a clock jump) only the
+// latest overdue slot fires, once; the ones before it are recorded as
+// missed rather than fired in a burst.
+func (s *Scheduler) latestDue(log hclog.Logger, j Job, slot time.Time) time.Time {
+	now := s.clock.Now()
+	skipped := 0
+	first := slot
+	for {
+		next := j.Schedule.Next(slot.In(j.Location))
+		if next.IsZero() || next.After(now) {
+			break
+		}
+		slot = next
+		skipped++
+	}
+	if skipped > 0 {
+		log.Warn("slots skipped after a late wake-up", "outcome", OutcomeMissed, "reason", "overslept",
+			"count", skipped, "first", slotString(first), "firing", slotString(slot))
+	}
+	return slot
+}
+
 func (s *Scheduler) fire(log hclog.Logger, j Job, r Run) {
-	s.inflight.Add(1)
+	s.mu.Lock()
+	if s.inflight == 0 {
+		s.idle = make(chan struct{})
+	}
+	s.inflight++
+	s.mu.Unlock()
 	log.Debug("trigger sent", "slot", slotString(r.Slot), "deadline", r.Deadline.UTC())
 	go func() {
-		defer s.inflight.Done()
+		defer func() {
+			s.mu.Lock()
+			s.inflight--
+			if s.inflight == 0 {
+				close(s.idle)
+			}
+			s.mu.Unlock()
+		}()
 		// The trigger is not tied to the leadership's context: it ends
 		// by its own deadline, so a shutdown waits for it instead of
 		// cutting the app's run in half.
