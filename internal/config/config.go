@@ -106,6 +106,10 @@ var serviceRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 // Load reads and validates the configuration from environ. On any problem it
 // returns a Problems error listing all of them.
 func Load(environ map[string]string, def Defaults) (Config, error) {
+	if environ == nil {
+		// caarlos0/env reads the process environment when given a nil map.
+		environ = map[string]string{}
+	}
 	var ps Problems
 	add := func(v, value, format string, args ...any) {
 		ps = append(ps, Problem{Var: v, Value: value, Msg: fmt.Sprintf(format, args...)})
@@ -142,7 +146,7 @@ func Load(environ map[string]string, def Defaults) (Config, error) {
 	if g.KVPrefix == "" && cfg.Service != "" {
 		cfg.KVPrefix = "leadercron/" + cfg.Service
 	}
-	if strings.HasPrefix(cfg.KVPrefix, "/") || strings.ContainsAny(cfg.KVPrefix, " \t\n") {
+	if strings.HasPrefix(g.KVPrefix, "/") || strings.ContainsAny(g.KVPrefix, " \t\n") {
 		add("LEADERCRON_KV_PREFIX", g.KVPrefix, "must be a relative Consul key path without spaces, such as leadercron/my-service")
 	}
 

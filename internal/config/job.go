@@ -105,13 +105,20 @@ func loadJobs(environ map[string]string, defaultTimeout time.Duration) ([]Job, P
 func parseJob(name, value string, defaultTimeout time.Duration) (Job, []string) {
 	j := Job{Name: name, Location: time.UTC, Timeout: defaultTimeout}
 	fields := strings.Fields(value)
+	var msgs []string
+	// robfig/cron's CRON_TZ= comes before the schedule: report it once and
+	// parse the rest, rather than reading the schedule as options.
+	for len(fields) > 0 && (strings.HasPrefix(fields[0], "CRON_TZ=") || strings.HasPrefix(fields[0], "TZ=")) {
+		k, v, _ := strings.Cut(fields[0], "=")
+		msgs = append(msgs, fmt.Sprintf("%s is not supported here: write tz=%s after the schedule", k, v))
+		fields = fields[1:]
+	}
 	n := 0
 	for n < len(fields) && !strings.Contains(fields[n], "=") {
 		n++
 	}
 	j.Spec = strings.Join(fields[:n], " ")
 
-	var msgs []string
 	seen := map[string]bool{}
 	for _, opt := range fields[n:] {
 		k, v, _ := strings.Cut(opt, "=")

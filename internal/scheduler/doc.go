@@ -15,6 +15,10 @@
 // context ends; triggers already sent finish on their own deadline and Wait
 // waits for them.
 //
+// After a late wake-up (a stall, a suspended host, a clock jump) only the
+// latest overdue slot fires, once; the overslept ones are logged as missed
+// instead of being fired in a burst.
+//
 // Not guaranteed: that a slot fires. A slot whose claim fails, or whose
 // lease runs short, is recorded as missed; slots that fell due while no
 // sidecar led are not fired late (catch-up is a later feature). Two runs of
