@@ -166,6 +166,9 @@ func Run(ctx context.Context, cfg config.Config, consul *api.Client, log hclog.L
 		elector = leader.NewStandalone(time.Now())
 	}
 
+	if len(cfg.Jobs) == 0 {
+		log.Warn("no jobs configured: set LEADERCRON_JOB_<NAME> variables")
+	}
 	log.Info("leadercron started", "version", Version, "service", cfg.Service, "lock", cfg.Lock,
 		"lock_key", cfg.LockKey(), "jobs", len(cfg.Jobs), "listen", ln.Addr().String(), "app_url", cfg.AppURL.String())
 

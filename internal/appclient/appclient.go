@@ -174,7 +174,11 @@ func (c *Client) Drain(ctx context.Context, interval time.Duration) (DrainResult
 			res.Gone = true
 			return res, nil
 		case err != nil:
-			lastErr = err
+			// A poll cut short by ctx says nothing about the app: keep
+			// what the app said before, for the timeout error.
+			if lastErr == nil || ctx.Err() == nil {
+				lastErr = err
+			}
 		case running == 0:
 			res.Running = 0
 			return res, nil

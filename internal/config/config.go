@@ -188,7 +188,7 @@ func Load(environ map[string]string, def Defaults) (Config, error) {
 
 	cfg.LogLevel = hclog.LevelFromString(g.LogLevel)
 	if cfg.LogLevel == hclog.NoLevel {
-		add("LEADERCRON_LOG_LEVEL", g.LogLevel, "must be trace, debug, info, warn or error")
+		add("LEADERCRON_LOG_LEVEL", g.LogLevel, "must be trace, debug, info, warn, error or off")
 	}
 	switch g.LogFormat {
 	case "json":
@@ -196,6 +196,13 @@ func Load(environ map[string]string, def Defaults) (Config, error) {
 	case "text":
 	default:
 		add("LEADERCRON_LOG_FORMAT", g.LogFormat, "must be json or text")
+	}
+
+	known := knownGlobals()
+	for _, k := range sortedKeys(environ, "LEADERCRON_") {
+		if !strings.HasPrefix(k, JobPrefix) && !known[k] {
+			add(k, environ[k], "unknown variable (a typo? jobs are %s<NAME>)", JobPrefix)
+		}
 	}
 
 	jobs, jps := loadJobs(environ, g.TriggerTimeout)
@@ -226,15 +233,30 @@ func parseAppURL(raw string) (*url.URL, string) {
 	return u, ""
 }
 
-// envProblems turns caarlos0/env's errors, which name struct fields, into
-// Problems that name the variable and its value.
-func envProblems(err error, environ map[string]string) Problems {
+// knownGlobals is the set of global variable names, read from the env tags.
+func knownGlobals() map[string]bool {
+	known := map[string]bool{}
+	for _, k := range envKeys() {
+		known[k] = true
+	}
+	return known
+}
+
+// envKeys maps each field of globals to its variable name.
+func envKeys() map[string]string {
 	keys := map[string]string{}
 	t := reflect.TypeFor[globals]()
 	for i := range t.NumField() {
 		f := t.Field(i)
 		keys[f.Name], _, _ = strings.Cut(f.Tag.Get("env"), ",")
 	}
+	return keys
+}
+
+// envProblems turns caarlos0/env's errors, which name struct fields, into
+// Problems that name the variable and its value.
+func envProblems(err error, environ map[string]string) Problems {
+	keys := envKeys()
 	var errs []error
 	var agg env.AggregateError
 	if errors.As(err, &agg) {

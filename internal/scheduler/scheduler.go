@@ -93,8 +93,8 @@ type Scheduler struct {
 	mu       sync.Mutex
 	inflight int           // triggers sent and not yet answered
 	idle     chan struct{} // closed when inflight drops to 0
-	state  map[string]*jobState
-	leader bool
+	state    map[string]*jobState
+	leader   bool
 }
 
 type jobState struct {
