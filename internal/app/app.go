@@ -116,7 +116,7 @@ func defaults(ctx context.Context, env map[string]string, stderr io.Writer) conf
 	var d config.Defaults
 	if uri := env[ecsmeta.EnvVar]; uri != "" && (env["LEADERCRON_SERVICE"] == "" || env["LEADERCRON_ID"] == "") {
 		mctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		task, err := ecsmeta.Fetch(mctx, http.DefaultClient, uri)
+		task, err := ecsmeta.Fetch(mctx, &http.Client{}, uri)
 		cancel()
 		if err != nil {
 			fmt.Fprintf(stderr, "leadercron: warning: %v\n", err)

@@ -64,7 +64,7 @@ func healthcheck(ctx context.Context, env map[string]string, stderr io.Writer) i
 		fmt.Fprintf(stderr, "leadercron: healthcheck: %v\n", err)
 		return ExitFailure
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := (&http.Client{}).Do(req)
 	if err != nil {
 		fmt.Fprintf(stderr, "leadercron: healthcheck: %v\n", err)
 		return ExitFailure

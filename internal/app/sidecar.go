@@ -92,11 +92,13 @@ func (s *sidecar) status() admin.Status {
 	s.mu.Lock()
 	term := s.term
 	s.mu.Unlock()
-	if term != nil && term.Remaining() > 0 {
-		st.Leader = true
-		st.FencingToken = term.Token()
-		if s.cfg.Lock == config.LockConsul {
-			st.LeaseRemainingMS = term.Remaining().Milliseconds()
+	if term != nil {
+		if rem := term.Remaining(); rem > 0 {
+			st.Leader = true
+			st.FencingToken = term.Token()
+			if s.cfg.Lock == config.LockConsul {
+				st.LeaseRemainingMS = rem.Milliseconds()
+			}
 		}
 	}
 	for _, j := range s.sched.Status() {
