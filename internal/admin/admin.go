@@ -1,5 +1,5 @@
-// Package admin serves the sidecar's own endpoints: GET /healthz and
-// GET /status.
+// Package admin serves the sidecar's own endpoints: GET /healthz,
+// GET /status, GET /metrics and POST /handover.
 //
 // Guarantees: /healthz answers 200 while the process's loops run, whatever
 // the leadership or Consul's state, so an orchestrator never restarts a
@@ -49,9 +49,44 @@ type LastSlot struct {
 	DurationMS int64     `json:"duration_ms"`
 }
 
-// Handler returns the admin mux. status is called for each GET /status.
-func Handler(status func() Status) http.Handler {
+// HandoverResult is the body of POST /handover.
+type HandoverResult struct {
+	// Outcome is "released" (this sidecar led, drained the app and
+	// released the lock), "standby" (it did not lead) or "already"
+	// (it had handed over before).
+	Outcome    string `json:"outcome"`
+	DurationMS int64  `json:"duration_ms"`
+	Error      string `json:"error,omitempty"`
+}
+
+// Endpoints are what the admin mux serves. Status is required; a nil
+// Metrics or Handover leaves that endpoint out (404).
+type Endpoints struct {
+	Status   func() Status
+	Metrics  http.Handler
+	Handover func(ctx context.Context) (HandoverResult, error)
+}
+
+// Handler returns the admin mux.
+func Handler(e Endpoints) http.Handler {
+	status := e.Status
 	mux := http.NewServeMux()
+	if e.Metrics != nil {
+		mux.Handle("GET /metrics", e.Metrics)
+	}
+	if e.Handover != nil {
+		mux.HandleFunc("POST /handover", func(w http.ResponseWriter, r *http.Request) {
+			res, err := e.Handover(r.Context())
+			code := http.StatusOK
+			if err != nil {
+				res.Error = err.Error()
+				code = http.StatusInternalServerError
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(code)
+			_ = json.NewEncoder(w).Encode(res)
+		})
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))

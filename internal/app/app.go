@@ -181,7 +181,7 @@ func Run(ctx context.Context, cfg config.Config, consul *api.Client, log hclog.L
 	served := make(chan struct{})
 	var serveErr error
 	go func() {
-		serveErr = admin.Serve(serveCtx, ln, admin.Handler(s.status), log.Named("admin"))
+		serveErr = admin.Serve(serveCtx, ln, admin.Handler(admin.Endpoints{Status: s.status}), log.Named("admin"))
 		close(served)
 	}()
 	go func() {

@@ -1,0 +1,18 @@
+# Convenience targets; each one is a script under scripts/ that works
+# without make too.
+.PHONY: test quickstart demo bench bench-quick
+
+test:        ## the whole suite, as CI runs it
+	./scripts/test.sh
+
+quickstart:  ## the Go demo app and one sidecar in standalone mode
+	./scripts/quickstart.sh
+
+demo:        ## three app + sidecar pairs against a local Consul, then a handover
+	./scripts/demo.sh
+
+bench:       ## the full benchmark (several minutes)
+	./scripts/bench.sh
+
+bench-quick: ## the benchmark's quick mode, as CI runs it
+	./scripts/bench.sh -quick
