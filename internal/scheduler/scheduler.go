@@ -72,8 +72,28 @@ const (
 	OutcomeMissed = "missed"
 )
 
+// Observer is told of every slot's fate and of every trigger; the metrics
+// implement it. Calls come from many goroutines and must not block.
+type Observer interface {
+	// SlotDone reports a slot's final outcome (fired, failed, skipped,
+	// missed) and, for the last three, its reason.
+	SlotDone(job, outcome, reason string)
+	// TriggerSent reports a trigger sent, delay after its slot.
+	TriggerSent(job string, delay time.Duration)
+	// TriggerDone reports how long the app took to answer a trigger.
+	TriggerDone(job string, d time.Duration)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) SlotDone(string, string, string)    {}
+func (nopObserver) TriggerSent(string, time.Duration) {}
+func (nopObserver) TriggerDone(string, time.Duration) {}
+
 // Options tunes a Scheduler.
 type Options struct {
+	// Observer, if set, is told of slots and triggers.
+	Observer Observer
 	// LeaseMargin is the least lease that must remain to claim a slot and
 	// to send its trigger.
 	LeaseMargin time.Duration
@@ -113,6 +133,9 @@ type LastRun struct {
 
 // New returns a Scheduler for jobs.
 func New(jobs []Job, app App, clock Clock, log hclog.Logger, opts Options) *Scheduler {
+	if opts.Observer == nil {
+		opts.Observer = nopObserver{}
+	}
 	if opts.ClaimRetry <= 0 {
 		opts.ClaimRetry = 100 * time.Millisecond
 	}
@@ -312,7 +335,10 @@ func (s *Scheduler) fire(log hclog.Logger, j Job, r Run) {
 		// The trigger is not tied to the leadership's context: it ends
 		// by its own deadline, so a shutdown waits for it instead of
 		// cutting the app's run in half.
+		s.opts.Observer.TriggerSent(j.Name, s.clock.Now().Sub(r.Slot))
 		res := s.app.Trigger(context.Background(), r)
+		s.opts.Observer.TriggerDone(j.Name, res.Duration)
+		s.opts.Observer.SlotDone(j.Name, res.Outcome, "")
 		s.record(j.Name, LastRun{Slot: r.Slot, Outcome: res.Outcome, Status: res.Status, Duration: res.Duration})
 		fields := []any{"slot", slotString(r.Slot), "outcome", res.Outcome, "http_status", res.Status, "duration", res.Duration.Round(time.Millisecond)}
 		if res.Err != nil {
@@ -326,6 +352,7 @@ func (s *Scheduler) fire(log hclog.Logger, j Job, r Run) {
 func (s *Scheduler) missed(log hclog.Logger, j Job, slot time.Time, reason string) {
 	log.Warn("slot missed", "slot", slotString(slot), "outcome", OutcomeMissed, "reason", reason)
 	s.record(j.Name, LastRun{Slot: slot, Outcome: OutcomeMissed, Reason: reason})
+	s.opts.Observer.SlotDone(j.Name, OutcomeMissed, reason)
 }
 
 func (s *Scheduler) record(job string, r LastRun) {
