@@ -86,7 +86,7 @@ type Observer interface {
 
 type nopObserver struct{}
 
-func (nopObserver) SlotDone(string, string, string)    {}
+func (nopObserver) SlotDone(string, string, string)   {}
 func (nopObserver) TriggerSent(string, time.Duration) {}
 func (nopObserver) TriggerDone(string, time.Duration) {}
 
