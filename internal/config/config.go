@@ -43,6 +43,12 @@ type Config struct {
 	LogLevel       hclog.Level
 	LogJSON        bool
 	Jobs           []Job
+
+	// AppHealthURL, if set, gates leadership on the app's health: see
+	// the README's "App health gate".
+	AppHealthURL      *url.URL
+	AppHealthInterval time.Duration
+	AppHealthFailures int
 }
 
 // LockKey is the Consul key the sidecars compete for.
@@ -73,6 +79,10 @@ type globals struct {
 	TriggerTimeout time.Duration `env:"LEADERCRON_TRIGGER_TIMEOUT" envDefault:"10m"`
 	LogLevel       string        `env:"LEADERCRON_LOG_LEVEL" envDefault:"info"`
 	LogFormat      string        `env:"LEADERCRON_LOG_FORMAT" envDefault:"json"`
+
+	AppHealthURL      string        `env:"LEADERCRON_APP_HEALTH_URL"`
+	AppHealthInterval time.Duration `env:"LEADERCRON_APP_HEALTH_INTERVAL" envDefault:"2s"`
+	AppHealthFailures int           `env:"LEADERCRON_APP_HEALTH_FAILURES" envDefault:"3"`
 }
 
 // Problem is one configuration error, tied to the variable it is about.
@@ -155,6 +165,18 @@ func Load(environ map[string]string, def Defaults) (Config, error) {
 	} else {
 		cfg.AppURL = u
 	}
+	if g.AppHealthURL != "" {
+		if u, msg := parseAppURL(g.AppHealthURL); msg != "" {
+			add("LEADERCRON_APP_HEALTH_URL", g.AppHealthURL, "%s", msg)
+		} else {
+			cfg.AppHealthURL = u
+		}
+	}
+	cfg.AppHealthInterval = g.AppHealthInterval
+	cfg.AppHealthFailures = g.AppHealthFailures
+	if g.AppHealthFailures < 1 && environ["LEADERCRON_APP_HEALTH_FAILURES"] != "" && !hasProblem(ps, "LEADERCRON_APP_HEALTH_FAILURES") {
+		add("LEADERCRON_APP_HEALTH_FAILURES", environ["LEADERCRON_APP_HEALTH_FAILURES"], "must be at least 1")
+	}
 	if _, port, err := net.SplitHostPort(g.Listen); err != nil {
 		add("LEADERCRON_LISTEN", g.Listen, "must be host:port, such as 127.0.0.1:9090")
 	} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
@@ -173,6 +195,7 @@ func Load(environ map[string]string, def Defaults) (Config, error) {
 		{"LEADERCRON_DRAIN_TIMEOUT", g.DrainTimeout},
 		{"LEADERCRON_DRAIN_INTERVAL", g.DrainInterval},
 		{"LEADERCRON_TRIGGER_TIMEOUT", g.TriggerTimeout},
+		{"LEADERCRON_APP_HEALTH_INTERVAL", g.AppHealthInterval},
 	}
 	for _, p := range positive {
 		if p.d <= 0 && environ[p.name] != "" && !hasProblem(ps, p.name) {
@@ -270,8 +293,11 @@ func envProblems(err error, environ map[string]string) Problems {
 		if errors.As(e, &pe) {
 			key := keys[pe.Name]
 			msg := "invalid value"
-			if pe.Type == reflect.TypeFor[time.Duration]() {
+			switch pe.Type {
+			case reflect.TypeFor[time.Duration]():
 				msg = "not a duration (use Go syntax such as 15s, 1m30s or 250ms)"
+			case reflect.TypeFor[int]():
+				msg = "not a whole number"
 			}
 			ps = append(ps, Problem{Var: key, Value: environ[key], Msg: msg})
 			continue

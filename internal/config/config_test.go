@@ -356,7 +356,7 @@ var everythingWrong = map[string]string{
 	"LEADERCRON_LOG_LEVEL":       "loud",
 	"LEADERCRON_LOG_FORMAT":      "xml",
 	"LEADERCRON_JOB_REPORT":      "61 * * * *",
-	"LEADERCRON_JOB_CLEANUP":     "@hourly retries=3",
+	"LEADERCRON_JOB_CLEANUP":     "@hourly retries=30",
 	"LEADERCRON_JOB_SEND_REPORT": "@daily",
 	"LEADERCRON_JOB_send_report": "@hourly",
 	"LEADERCRON_JOB_TZ":          "0 9 * * * tz=Mars/Olympus timeout=never",
@@ -380,7 +380,7 @@ func TestLoadReportsEveryProblem(t *testing.T) {
 		{"LEADERCRON_LOG_LEVEL", "loud", "must be"},
 		{"LEADERCRON_LOG_FORMAT", "xml", "json or text"},
 		// Then the jobs, by variable name; within a job, options first.
-		{"LEADERCRON_JOB_CLEANUP", "@hourly retries=3", `unknown option "retries"`},
+		{"LEADERCRON_JOB_CLEANUP", "@hourly retries=30", `option retries="30": must be a whole number from 0 to 10`},
 		{"LEADERCRON_JOB_REPORT", "61 * * * *", `invalid schedule "61 * * * *"`},
 		{"LEADERCRON_JOB_TZ", "0 9 * * * tz=Mars/Olympus timeout=never", `tz="Mars/Olympus": unknown time zone`},
 		{"LEADERCRON_JOB_TZ", "0 9 * * * tz=Mars/Olympus timeout=never", `timeout="never": not a duration`},

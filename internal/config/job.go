@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -27,7 +28,27 @@ type Job struct {
 	Schedule Schedule       // evaluated in Location
 	Location *time.Location // tz= option; UTC by default
 	Timeout  time.Duration  // timeout= option; LEADERCRON_TRIGGER_TIMEOUT by default
+
+	AllowOverlap bool          // overlap=allow; forbid by default
+	Group        string        // group= option; "" = no group
+	Catchup      time.Duration // catchup= option; DefaultCatchup by default
+	Retries      int           // retries= option; 0 by default
+	Backoff      time.Duration // backoff= option; DefaultBackoff by default
 }
+
+// Job option defaults.
+const (
+	// DefaultCatchup covers the longest gap a default configuration
+	// leaves without a leader: a crash takeover of 2×TTL + lock-delay +
+	// 1s = 46s, and a graceful handover of the 25s drain plus about a
+	// second. A slot missed in such a gap fires late instead of being
+	// dropped.
+	DefaultCatchup = time.Minute
+	// DefaultBackoff is the pause before the first retry; it doubles.
+	DefaultBackoff = time.Second
+	// MaxRetries bounds retries=.
+	MaxRetries = 10
+)
 
 var (
 	jobNameRE = regexp.MustCompile(`^[a-z0-9]+(-[a-z0-9]+)*$`)
@@ -59,6 +80,54 @@ var jobOptions = map[string]func(j *Job, value string) string{
 			return "must be a positive duration"
 		}
 		j.Timeout = d
+		return ""
+	},
+	"overlap": func(j *Job, v string) string {
+		switch v {
+		case "forbid":
+			j.AllowOverlap = false
+		case "allow":
+			j.AllowOverlap = true
+		default:
+			return "must be forbid or allow"
+		}
+		return ""
+	},
+	"group": func(j *Job, v string) string {
+		if !jobNameRE.MatchString(v) {
+			return "must be lower-case letters and digits, optionally separated by single dashes"
+		}
+		j.Group = v
+		return ""
+	},
+	"catchup": func(j *Job, v string) string {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return "not a duration (use Go syntax such as 0, 90s or 2h)"
+		}
+		if d < 0 {
+			return "must not be negative (0 turns catch-up off)"
+		}
+		j.Catchup = d
+		return ""
+	},
+	"retries": func(j *Job, v string) string {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > MaxRetries {
+			return fmt.Sprintf("must be a whole number from 0 to %d", MaxRetries)
+		}
+		j.Retries = n
+		return ""
+	},
+	"backoff": func(j *Job, v string) string {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return "not a duration (use Go syntax such as 500ms or 2s)"
+		}
+		if d <= 0 {
+			return "must be a positive duration"
+		}
+		j.Backoff = d
 		return ""
 	},
 }
@@ -103,7 +172,7 @@ func loadJobs(environ map[string]string, defaultTimeout time.Duration) ([]Job, P
 // parseJob parses "<schedule> [key=value ...]". It returns every problem it
 // finds rather than stopping at the first.
 func parseJob(name, value string, defaultTimeout time.Duration) (Job, []string) {
-	j := Job{Name: name, Location: time.UTC, Timeout: defaultTimeout}
+	j := Job{Name: name, Location: time.UTC, Timeout: defaultTimeout, Catchup: DefaultCatchup, Backoff: DefaultBackoff}
 	fields := strings.Fields(value)
 	var msgs []string
 	// robfig/cron's CRON_TZ= comes before the schedule: report it once and
@@ -138,6 +207,10 @@ func parseJob(name, value string, defaultTimeout time.Duration) (Job, []string) 
 		}
 	}
 
+	if seen["backoff"] && j.Retries == 0 {
+		msgs = append(msgs, "option backoff= has no effect without retries=")
+	}
+
 	switch {
 	case j.Spec == "":
 		msgs = append(msgs, "no schedule: expected a cron expression or a descriptor such as @hourly before any options")
@@ -153,10 +226,11 @@ func parseJob(name, value string, defaultTimeout time.Duration) (Job, []string) 
 			msgs = append(msgs, fmt.Sprintf("invalid schedule %q: %v", j.Spec, err))
 			break
 		}
+		j.Schedule = s
 		if spec, ok := s.(*cron.SpecSchedule); ok {
 			spec.Location = j.Location
+			j.Schedule = wallClock(spec)
 		}
-		j.Schedule = s
 	}
 	return j, msgs
 }

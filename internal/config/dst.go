@@ -1,0 +1,94 @@
+package config
+
+import (
+	"time"
+
+	"github.com/robfig/cron/v3"
+)
+
+// wallClock returns s, or, for a schedule in a time zone other than UTC that
+// fires at chosen hours, a schedule that keeps each wall-clock slot once
+// across daylight-saving transitions:
+//
+//   - a slot whose wall-clock time a jump forward skips (02:30 on the
+//     night clocks go from 02:00 to 03:00) fires at the jump, once;
+//   - a slot whose wall-clock time a jump back repeats (01:30 on the night
+//     clocks go from 02:00 back to 01:00) fires at its first occurrence
+//     only.
+//
+// robfig/cron on its own skips the first and fires the second twice.
+// Schedules whose hour field is * (every hour or more often) follow real
+// time and are left alone, as cronie does: a job every 15 minutes keeps
+// running every 15 minutes through the repeated hour.
+func wallClock(s *cron.SpecSchedule) Schedule {
+	const allHours = 1<<24 - 1
+	if s.Location == nil || s.Location == time.UTC || s.Hour&allHours == allHours {
+		return s
+	}
+	naive := *s
+	naive.Location = time.UTC
+	return dstSchedule{loc: s.Location, naive: &naive}
+}
+
+// dstSchedule evaluates a cron schedule on the wall clock of loc (as if it
+// were UTC) and maps each wall-clock slot back to one real instant.
+type dstSchedule struct {
+	loc   *time.Location
+	naive *cron.SpecSchedule // the same fields, in UTC: wall-clock arithmetic
+}
+
+// Next returns the first slot strictly after t.
+func (d dstSchedule) Next(t time.Time) time.Time {
+	w := wall(t.In(d.loc))
+	// A wall-clock slot maps to a real instant at or before t only around
+	// a transition, so a few steps always suffice; the bound guards
+	// against an impossible schedule.
+	for range 1000 {
+		w = d.naive.Next(w)
+		if w.IsZero() {
+			return w
+		}
+		if r := resolve(w, d.loc); r.After(t) {
+			return r.In(t.Location())
+		}
+	}
+	return time.Time{}
+}
+
+// wall returns t's wall-clock reading as a UTC time.
+func wall(t time.Time) time.Time {
+	y, mo, d := t.Date()
+	h, mi, s := t.Clock()
+	return time.Date(y, mo, d, h, mi, s, t.Nanosecond(), time.UTC)
+}
+
+// resolve returns the earliest instant whose wall clock in loc reads w; if
+// no instant does (w lies in a gap skipped by a jump forward), it returns
+// the instant of the jump.
+func resolve(w time.Time, loc *time.Location) time.Time {
+	y, mo, d := w.Date()
+	h, mi, s := w.Clock()
+	r := time.Date(y, mo, d, h, mi, s, w.Nanosecond(), loc)
+	start, end := r.ZoneBounds()
+	if wall(r).Equal(w) {
+		// In a repeated hour time.Date may pick either occurrence; if
+		// the zone began with a jump back, the earlier one is in the
+		// zone before.
+		if !start.IsZero() {
+			_, off := r.Zone()
+			_, prevOff := start.Add(-time.Second).Zone()
+			if prevOff > off {
+				alt := r.Add(-time.Duration(prevOff-off) * time.Second)
+				if alt.Before(start) && wall(alt.In(loc)).Equal(w) {
+					return alt
+				}
+			}
+		}
+		return r
+	}
+	// In a gap, time.Date answers with an instant on one side of the jump.
+	if wall(r).After(w) {
+		return start
+	}
+	return end
+}
