@@ -53,7 +53,7 @@ func TestDaylightSaving(t *testing.T) {
 	}
 	tests := []struct {
 		name, value, from string
-		want             []string // UTC
+		want              []string // UTC
 	}{
 		// America/New_York, 2026-03-08: 02:00 EST -> 03:00 EDT (07:00Z).
 		{"New York spring forward: 02:30 fires at the jump", "30 2 * * * tz=America/New_York", "2026-03-07T00:00:00Z",
