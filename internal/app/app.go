@@ -19,6 +19,7 @@ import (
 	"github.com/leadercron/leadercron/internal/config"
 	"github.com/leadercron/leadercron/internal/ecsmeta"
 	"github.com/leadercron/leadercron/internal/leader"
+	"github.com/leadercron/leadercron/internal/metrics"
 )
 
 // Exit codes.
@@ -146,7 +147,16 @@ func Run(ctx context.Context, cfg config.Config, consul *api.Client, log hclog.L
 	if err != nil {
 		return fmt.Errorf("listen on LEADERCRON_LISTEN %s: %w", cfg.Listen, err)
 	}
-	s := newSidecar(cfg, log)
+	jobNames := make([]string, len(cfg.Jobs))
+	for i, j := range cfg.Jobs {
+		jobNames[i] = j.Name
+	}
+	m, err := metrics.New(nil, metrics.Options{Version: Version, Jobs: jobNames, DrainTimeout: cfg.DrainTimeout, Runtime: true})
+	if err != nil {
+		_ = ln.Close()
+		return err
+	}
+	s := newSidecar(cfg, log, m)
 
 	var elector interface {
 		Run(context.Context, func(context.Context, *leader.Term) error) error
@@ -160,6 +170,7 @@ func Run(ctx context.Context, cfg config.Config, consul *api.Client, log hclog.L
 			SessionName: "leadercron " + cfg.Service + " " + cfg.ID,
 			TTL:         cfg.SessionTTL,
 			LockDelay:   cfg.LockDelay,
+			Metrics:     m,
 		}, log.Named("leader"))
 	} else {
 		log.Warn("standalone mode: always leader, no fleet-wide guarantees", "lock", config.LockNone)
@@ -181,7 +192,7 @@ func Run(ctx context.Context, cfg config.Config, consul *api.Client, log hclog.L
 	served := make(chan struct{})
 	var serveErr error
 	go func() {
-		serveErr = admin.Serve(serveCtx, ln, admin.Handler(admin.Endpoints{Status: s.status}), log.Named("admin"))
+		serveErr = admin.Serve(serveCtx, ln, admin.Handler(admin.Endpoints{Status: s.status, Metrics: m.Handler()}), log.Named("admin"))
 		close(served)
 	}()
 	go func() {

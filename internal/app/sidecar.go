@@ -14,6 +14,7 @@ import (
 	"github.com/leadercron/leadercron/internal/appclient"
 	"github.com/leadercron/leadercron/internal/config"
 	"github.com/leadercron/leadercron/internal/leader"
+	"github.com/leadercron/leadercron/internal/metrics"
 	"github.com/leadercron/leadercron/internal/scheduler"
 )
 
@@ -23,12 +24,13 @@ type sidecar struct {
 	log   hclog.Logger
 	app   *appclient.Client
 	sched *scheduler.Scheduler
+	m     *metrics.Metrics
 
 	mu   sync.Mutex
 	term *leader.Term // nil while not leading
 }
 
-func newSidecar(cfg config.Config, log hclog.Logger) *sidecar {
+func newSidecar(cfg config.Config, log hclog.Logger, m *metrics.Metrics) *sidecar {
 	// No client-wide timeout: every trigger has its own deadline and
 	// every drain poll its own timeout.
 	app := appclient.New(cfg.AppURL, cfg.ID, &http.Client{})
@@ -41,8 +43,9 @@ func newSidecar(cfg config.Config, log hclog.Logger) *sidecar {
 		// a healthy leader always has more than TTL/5 left; less means
 		// renewals are failing and the lease is about to end.
 		LeaseMargin: cfg.SessionTTL / 5,
+		Observer:    m,
 	})
-	return &sidecar{cfg: cfg, log: log, app: app, sched: sched}
+	return &sidecar{cfg: cfg, log: log, app: app, sched: sched, m: m}
 }
 
 // lead is the elector's lead function: schedule until the context ends;
@@ -52,6 +55,8 @@ func newSidecar(cfg config.Config, log hclog.Logger) *sidecar {
 func (s *sidecar) lead(ctx context.Context, term *leader.Term) error {
 	s.setTerm(term)
 	defer s.setTerm(nil)
+	s.m.LeadershipStarted(term)
+	defer s.m.LeadershipEnded()
 	s.sched.Lead(ctx, term)
 
 	cause := context.Cause(ctx)
@@ -64,6 +69,8 @@ func (s *sidecar) lead(ctx context.Context, term *leader.Term) error {
 	}
 
 	start := time.Now()
+	s.m.DrainStarted()
+	defer s.m.DrainDone()
 	s.log.Info("draining", "fencing_token", term.Token(), "drain_timeout", s.cfg.DrainTimeout)
 	dctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 	defer cancel()
