@@ -1,0 +1,20 @@
+import { Controller, Get, Module } from '@nestjs/common';
+import { LeadercronJobs, LeadercronModule } from '../leadercron/index.js';
+import { ReportsService } from './reports.service.js';
+
+@Controller()
+export class HealthController {
+  constructor(private readonly jobs: LeadercronJobs) {}
+
+  @Get('healthz')
+  health(): { status: string; draining: boolean; running: number } {
+    return { status: 'ok', draining: this.jobs.isDraining, running: this.jobs.running };
+  }
+}
+
+@Module({
+  imports: [LeadercronModule.forRoot({ shutdownTimeoutMs: 30_000 })],
+  controllers: [HealthController],
+  providers: [ReportsService],
+})
+export class AppModule {}
