@@ -1,0 +1,36 @@
+// Package ledger keeps the fleet-wide operator state of leadercron in
+// Consul KV: pauses, run-now requests and each job's slot history, and reads
+// it all back for `leadercron status`.
+//
+// Layout, under the configuration's KV prefix P:
+//
+//	P/leader                  the lock (written by package leader): {"id","service"}, Session = holder
+//	P/jobs/<job>/last         the slot claim record (written by package leader)
+//	P/jobs/<job>/paused       present = paused: {"by","at","reason"}
+//	P/requests/<job>          a pending run-now request: {"id","by","at"}
+//	P/history/<job>           the last MaxHistory slot fates, newest slot first
+//
+// Guarantees:
+//
+//   - Append loses no entry to a concurrent Append: it is a read, then a
+//     check-and-set at the read's ModifyIndex, retried on conflict. The list
+//     is kept sorted by slot, newest first, and cut to MaxHistory entries;
+//     the oldest slots are dropped. An entry equal to one already stored
+//     (same slot, outcome, at and id) is not added twice, so an Append whose
+//     outcome was unknown (a timeout) may be retried.
+//   - At most one run-now request per job is pending: RequestRun creates it
+//     only if the key is absent (CAS at index 0) and otherwise returns the
+//     pending one. A consumer that deletes it with ConsumeOps (check-session
+//     on the lock key plus delete-cas at its ModifyIndex, in one Txn)
+//     consumes it at most once, and only while it holds the lock.
+//   - Pause never overwrites an existing pause (the first one's by, at and
+//     reason stay), and Resume deletes only the pause it read.
+//
+// Not guaranteed: that a paused job is not triggered or that a request is
+// fired; that is the leader's side (it reads P/jobs/<job>/ in its claim
+// Txn). Snapshot is one consistent read of the KV tree plus one read of the
+// leader's session, not a single atomic view of both. History is a record
+// for people, written after the fact: a leader that dies between a trigger
+// and its Append leaves no entry for that slot. Every call is bounded only
+// by its context.
+package ledger

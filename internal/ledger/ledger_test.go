@@ -1,0 +1,392 @@
+package ledger_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/leadercron/leadercron/internal/consultest"
+	"github.com/leadercron/leadercron/internal/ledger"
+)
+
+var t0 = time.Date(2026, 11, 22, 3, 0, 0, 0, time.UTC)
+
+// hookTransport calls before (once per matching request) ahead of
+// forwarding it.
+type hookTransport struct {
+	next   http.RoundTripper
+	mu     sync.Mutex
+	before func(*http.Request)
+	puts   atomic.Int64
+}
+
+func (h *hookTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Method == http.MethodPut {
+		h.puts.Add(1)
+	}
+	h.mu.Lock()
+	f := h.before
+	h.mu.Unlock()
+	if f != nil {
+		f(r)
+	}
+	return h.next.RoundTrip(r)
+}
+
+func hookedClient(t *testing.T, addr string) (*api.Client, *hookTransport) {
+	t.Helper()
+	cfg := api.DefaultNonPooledConfig()
+	cfg.Address = addr
+	cfg.Token = ""
+	h := &hookTransport{next: cfg.Transport}
+	cfg.HttpClient = &http.Client{Transport: h}
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, h
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func entry(i int) ledger.Entry {
+	return ledger.Entry{Slot: t0.Add(time.Duration(i) * time.Minute), Outcome: ledger.OutcomeFired, HTTPStatus: 200,
+		DurationMS: int64(i), Attempts: 1, FencingToken: 7, ID: "a", At: t0.Add(time.Duration(i)*time.Minute + time.Second)}
+}
+
+// One agent for the whole package: each subtest uses its own prefix.
+func TestLedger(t *testing.T) {
+	agent := consultest.Start(t)
+	addr := agent.Addr
+	n := 0
+	prefix := func() string { n++; return fmt.Sprintf("leadercron/t%d", n) }
+
+	t.Run("ConcurrentAppendsLoseNothing", func(t *testing.T) {
+		ctx := ctxT(t)
+		p := prefix()
+		const writers, each = 8, 5
+		var wg sync.WaitGroup
+		errs := make(chan error, writers*each)
+		var hooks []*hookTransport
+		for w := range writers {
+			c, h := hookedClient(t, addr)
+			hooks = append(hooks, h)
+			s := ledger.New(c, p)
+			wg.Go(func() {
+				for i := range each {
+					if err := s.Append(ctx, "job", entry(w*each+i)); err != nil {
+						errs <- err
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		var puts int64
+		for _, h := range hooks {
+			puts += h.puts.Load()
+		}
+		t.Logf("%d appends took %d CAS writes", writers*each, puts)
+		list, err := ledger.New(consultest.Client(t, addr), p).History(ctx, "job")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list) != writers*each {
+			t.Fatalf("history has %d entries, want %d", len(list), writers*each)
+		}
+		for i, e := range list {
+			if want := entry(writers*each - 1 - i); !e.Slot.Equal(want.Slot) || e.DurationMS != want.DurationMS {
+				t.Fatalf("entry %d = %+v, want slot %s (newest first, each once)", i, e, want.Slot)
+			}
+		}
+	})
+
+	t.Run("AppendRetriesAfterCASConflict", func(t *testing.T) {
+		ctx := ctxT(t)
+		p := prefix()
+		other := ledger.New(consultest.Client(t, addr), p)
+		if err := other.Append(ctx, "job", entry(1)); err != nil {
+			t.Fatal(err)
+		}
+		c, h := hookedClient(t, addr)
+		var once sync.Once
+		h.before = func(r *http.Request) {
+			if r.Method == http.MethodPut {
+				// Another writer gets in between our read and our CAS.
+				once.Do(func() {
+					if err := other.Append(context.Background(), "job", entry(2)); err != nil {
+						t.Error(err)
+					}
+				})
+			}
+		}
+		if err := ledger.New(c, p).Append(ctx, "job", entry(3)); err != nil {
+			t.Fatal(err)
+		}
+		if got := h.puts.Load(); got != 2 {
+			t.Errorf("Append sent %d PUTs, want 2 (one lost CAS, one retry)", got)
+		}
+		list, err := other.History(ctx, "job")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := slots(list); got != "3,2,1" {
+			t.Fatalf("history slots = %s, want 3,2,1", got)
+		}
+	})
+
+	t.Run("BoundAndOrder", func(t *testing.T) {
+		ctx := ctxT(t)
+		s := ledger.New(consultest.Client(t, addr), prefix())
+		for i := 1; i <= ledger.MaxHistory+5; i++ {
+			if err := s.Append(ctx, "job", entry(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// An old slot recorded late falls off; a retried Append is not
+		// stored twice; a slot between others lands in order.
+		for _, e := range []ledger.Entry{entry(0), entry(55), entry(30)} {
+			if err := s.Append(ctx, "job", e); err != nil {
+				t.Fatal(err)
+			}
+		}
+		late := entry(30)
+		late.Outcome, late.Reason, late.At = ledger.OutcomeSkipped, "overlap", late.At.Add(time.Hour)
+		if err := s.Append(ctx, "job", late); err != nil {
+			t.Fatal(err)
+		}
+		list, err := s.History(ctx, "job")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list) != ledger.MaxHistory {
+			t.Fatalf("history has %d entries, want %d", len(list), ledger.MaxHistory)
+		}
+		if !list[0].Slot.Equal(entry(55).Slot) || !list[len(list)-1].Slot.Equal(entry(7).Slot) {
+			t.Fatalf("history spans %s..%s, want slots 55..7", list[0].Slot, list[len(list)-1].Slot)
+		}
+		i := 55 - 30
+		if list[i].Outcome != ledger.OutcomeSkipped || list[i+1].Outcome != ledger.OutcomeFired || !list[i+1].Slot.Equal(entry(30).Slot) {
+			t.Fatalf("slot 30 entries = %+v, %+v; want the later record first", list[i], list[i+1])
+		}
+	})
+
+	t.Run("PauseResume", func(t *testing.T) {
+		ctx := ctxT(t)
+		c := consultest.Client(t, addr)
+		p := prefix()
+		s := ledger.New(c, p)
+		pz, created, err := s.Pause(ctx, "job", "alice", "vendor outage")
+		if err != nil || !created || pz.By != "alice" || pz.Reason != "vendor outage" || pz.At.IsZero() {
+			t.Fatalf("Pause = %+v, %v, %v", pz, created, err)
+		}
+		pair, _, err := c.KV().Get(p+"/jobs/job/paused", nil)
+		if err != nil || pair == nil || !strings.Contains(string(pair.Value), `"by":"alice"`) {
+			t.Fatalf("paused key = %v, %v", pair, err)
+		}
+		again, created, err := s.Pause(ctx, "job", "bob", "")
+		if err != nil || created || again.By != "alice" {
+			t.Fatalf("second Pause = %+v, %v, %v; want alice's pause kept", again, created, err)
+		}
+		if got, err := s.IsPaused(ctx, "job"); err != nil || got == nil || got.By != "alice" {
+			t.Fatalf("IsPaused = %+v, %v", got, err)
+		}
+		was, ok, err := s.Resume(ctx, "job")
+		if err != nil || !ok || was.By != "alice" {
+			t.Fatalf("Resume = %+v, %v, %v", was, ok, err)
+		}
+		if pair, _, _ := c.KV().Get(p+"/jobs/job/paused", nil); pair != nil {
+			t.Fatalf("paused key still there after Resume: %s", pair.Value)
+		}
+		if _, ok, err := s.Resume(ctx, "job"); err != nil || ok {
+			t.Fatalf("second Resume = %v, %v; want not paused", ok, err)
+		}
+		if got, err := s.IsPaused(ctx, "job"); err != nil || got != nil {
+			t.Fatalf("IsPaused after Resume = %+v, %v", got, err)
+		}
+	})
+
+	t.Run("RequestRunIsIdempotentAndConsumedOnce", func(t *testing.T) {
+		ctx := ctxT(t)
+		c := consultest.Client(t, addr)
+		p := prefix()
+		s := ledger.New(c, p)
+		r1, created, err := s.RequestRun(ctx, "job", "alice")
+		if err != nil || !created || r1.ID == "" || r1.Job != "job" || r1.ModifyIndex == 0 {
+			t.Fatalf("RequestRun = %+v, %v, %v", r1, created, err)
+		}
+		r2, created, err := s.RequestRun(ctx, "job", "bob")
+		if err != nil || created || r2.ID != r1.ID || r2.By != "alice" || r2.ModifyIndex != r1.ModifyIndex {
+			t.Fatalf("second RequestRun = %+v, %v, %v; want the pending %+v", r2, created, err, r1)
+		}
+
+		// Without the lock, nobody consumes it.
+		sess, _, err := c.Session().CreateNoChecks(&api.SessionEntry{TTL: "10s", Behavior: api.SessionBehaviorDelete}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, _, _, err := c.Txn().Txn(s.ConsumeOps(sess, r1), nil); err != nil || ok {
+			t.Fatalf("consume without the lock = %v, %v; want refused", ok, err)
+		}
+		if ok, _, err := c.KV().Acquire(&api.KVPair{Key: s.LockKey(), Value: []byte(`{"id":"a"}`), Session: sess}, nil); err != nil || !ok {
+			t.Fatalf("acquire = %v, %v", ok, err)
+		}
+		if ok, resp, _, err := c.Txn().Txn(s.ConsumeOps(sess, r1), nil); err != nil || !ok {
+			t.Fatalf("consume = %v, %+v, %v", ok, resp, err)
+		}
+		if ok, _, _, err := c.Txn().Txn(s.ConsumeOps(sess, r1), nil); err != nil || ok {
+			t.Fatalf("second consume of the same request = %v, %v; want refused", ok, err)
+		}
+		reqs, _, err := s.Requests(ctx, 0)
+		if err != nil || len(reqs) != 0 {
+			t.Fatalf("Requests after consume = %+v, %v", reqs, err)
+		}
+		// A new request after the consumed one is a new one.
+		r3, created, err := s.RequestRun(ctx, "job", "bob")
+		if err != nil || !created || r3.ID == r1.ID {
+			t.Fatalf("RequestRun after consume = %+v, %v, %v", r3, created, err)
+		}
+		if ok, _, _, err := c.Txn().Txn(s.ConsumeOps(sess, r1), nil); err != nil || ok {
+			t.Fatalf("consuming the old request consumed the new one: %v, %v", ok, err)
+		}
+	})
+
+	t.Run("RequestsBlocksUntilANewRequest", func(t *testing.T) {
+		ctx := ctxT(t)
+		p := prefix()
+		c, h := hookedClient(t, addr)
+		s := ledger.New(c, p)
+		reqs, idx, err := s.Requests(ctx, 0)
+		if err != nil || len(reqs) != 0 || idx == 0 {
+			t.Fatalf("Requests(0) = %+v, %d, %v", reqs, idx, err)
+		}
+		// Nothing changes: the query blocks (here until its context ends).
+		short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		_, _, err = s.Requests(short, idx)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Requests(%d) with nothing new = %v, want it to block until the deadline", idx, err)
+		}
+
+		sent := make(chan struct{})
+		var once sync.Once
+		h.mu.Lock()
+		h.before = func(r *http.Request) {
+			if r.Method == http.MethodGet && r.URL.Query().Get("index") != "" {
+				once.Do(func() { close(sent) })
+			}
+		}
+		h.mu.Unlock()
+		type result struct {
+			reqs []ledger.Request
+			idx  uint64
+			err  error
+			took time.Duration
+		}
+		done := make(chan result, 1)
+		go func() {
+			start := time.Now()
+			reqs, idx2, err := s.Requests(ctx, idx)
+			done <- result{reqs, idx2, err, time.Since(start)}
+		}()
+		<-sent
+		other := ledger.New(consultest.Client(t, addr), p)
+		want, _, err := other.RequestRun(ctx, "nightly", "alice")
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := <-done
+		if res.err != nil || len(res.reqs) != 1 || res.reqs[0].ID != want.ID || res.reqs[0].Job != "nightly" ||
+			res.reqs[0].ModifyIndex != want.ModifyIndex || res.idx <= idx {
+			t.Fatalf("Requests(%d) = %+v, %d, %v; want %+v", idx, res.reqs, res.idx, res.err, want)
+		}
+		if res.took > 5*time.Second {
+			t.Fatalf("Requests woke after %s: it timed out rather than waking on the write", res.took)
+		}
+	})
+
+	t.Run("Snapshot", func(t *testing.T) {
+		ctx := ctxT(t)
+		c := consultest.Client(t, addr)
+		p := prefix()
+		s := ledger.New(c, p)
+		f, err := s.Snapshot(ctx)
+		if err != nil || f.Leader != nil || len(f.Jobs) != 0 {
+			t.Fatalf("empty Snapshot = %+v, %v", f, err)
+		}
+
+		sess, _, err := c.Session().CreateNoChecks(&api.SessionEntry{Name: "leadercron svc a", TTL: "10s"}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, _, err := c.KV().Acquire(&api.KVPair{Key: p + "/leader", Value: []byte(`{"id":"a","service":"svc"}`), Session: sess}, nil); err != nil || !ok {
+			t.Fatalf("acquire = %v, %v", ok, err)
+		}
+		put := func(k, v string) {
+			if _, err := c.KV().Put(&api.KVPair{Key: p + "/" + k, Value: []byte(v)}, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		put("jobs/nightly/last", `{"slot":"2026-11-22T03:00:00Z","fencing_token":12,"id":"a","claimed_at":"2026-11-22T03:00:00.01Z"}`)
+		put("jobs/broken/last", `not json`)
+		if _, _, err := s.Pause(ctx, "nightly", "alice", "incident"); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := s.RequestRun(ctx, "report", "bob"); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Append(ctx, "nightly", entry(1)); err != nil {
+			t.Fatal(err)
+		}
+
+		f, err = s.Snapshot(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.Leader == nil || f.Leader.ID != "a" || f.Leader.Service != "svc" || f.Leader.Session != sess ||
+			f.Leader.SessionName != "leadercron svc a" || f.Leader.TTL != "10s" || f.Leader.FencingToken == 0 {
+			t.Fatalf("leader = %+v", f.Leader)
+		}
+		n := f.Jobs["nightly"]
+		if n == nil || n.Last == nil || n.Last.FencingToken != 12 || n.Paused == nil || n.Paused.By != "alice" ||
+			len(n.History) != 1 || n.Request != nil {
+			t.Fatalf("nightly = %+v", n)
+		}
+		if r := f.Jobs["report"]; r == nil || r.Request == nil || r.Request.By != "bob" {
+			t.Fatalf("report = %+v", r)
+		}
+		if len(f.Problems) != 1 || !strings.Contains(f.Problems[0], "jobs/broken/last") {
+			t.Fatalf("problems = %q, want the undecodable claim record", f.Problems)
+		}
+
+		if _, err := c.Session().Destroy(sess, nil); err != nil {
+			t.Fatal(err)
+		}
+		if f, err = s.Snapshot(ctx); err != nil || f.Leader != nil {
+			t.Fatalf("Snapshot after the session ended: leader = %+v, %v", f.Leader, err)
+		}
+	})
+}
+
+func slots(list []ledger.Entry) string {
+	parts := make([]string, len(list))
+	for i, e := range list {
+		parts[i] = fmt.Sprint(int(e.Slot.Sub(t0) / time.Minute))
+	}
+	return strings.Join(parts, ",")
+}
