@@ -36,6 +36,12 @@ commands:
   (none)       run the sidecar
   validate     check the configuration and print each job's next 5 slots
   healthcheck  GET /healthz on LEADERCRON_LISTEN; exit 0 if healthy, else 1
+  pause <job> [-reason TEXT]
+               pause a job fleet-wide (Consul KV) until resumed
+  resume <job> undo pause
+  run <job>    ask the leader to run a job once, now
+  status [-json] [-history N]
+               the leader, each job's next slot, pause, pending run and history
   version      print the version
 
 Configuration comes from the environment only; see the README.
@@ -57,6 +63,8 @@ func Main(ctx context.Context, args []string, environ []string, stdout, stderr i
 		return validate(ctx, env, stdout, stderr)
 	case "healthcheck":
 		return healthcheck(ctx, env, stderr)
+	case "pause", "resume", "run", "status":
+		return fleet(ctx, cmd, args[1:], env, stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "leadercron", Version)
 		return ExitOK
