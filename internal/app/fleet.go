@@ -269,12 +269,14 @@ func (st statusView) print(w io.Writer, history int) {
 				if e.RunNow {
 					slot += " (run-now)"
 				}
-				status := "-"
+				status, took, attempts := "-", "-", "-"
 				if e.HTTPStatus != 0 {
 					status = fmt.Sprint(e.HTTPStatus)
 				}
-				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%d\t%s\n", slot, e.Outcome, dash(e.Reason), status,
-					time.Duration(e.DurationMS)*time.Millisecond, e.Attempts, dash(e.ID))
+				if e.Attempts > 0 {
+					took, attempts = (time.Duration(e.DurationMS) * time.Millisecond).String(), fmt.Sprint(e.Attempts)
+				}
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", slot, e.Outcome, dash(e.Reason), status, took, attempts, dash(e.ID))
 			}
 			_ = tw.Flush()
 		}

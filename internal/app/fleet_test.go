@@ -122,7 +122,7 @@ func TestFleetCommands(t *testing.T) {
 		store := ledger.New(c, prefix)
 		slot := time.Date(2026, 11, 22, 2, 0, 0, 0, time.UTC)
 		for _, e := range []ledger.Entry{
-			{Slot: slot, Outcome: ledger.OutcomeMissed, Reason: "no-leader", At: slot.Add(time.Minute), ID: "web-2"},
+			{Slot: slot, Outcome: ledger.OutcomeMissed, Reason: "no_leader", At: slot.Add(time.Minute), ID: "web-2"},
 			{Slot: slot.Add(-24 * time.Hour), Outcome: ledger.OutcomeFired, HTTPStatus: 200, DurationMS: 1500, Attempts: 1, ID: "web-1", At: slot.Add(-24 * time.Hour)},
 		} {
 			if err := store.Append(ctx, "nightly", e); err != nil {
@@ -145,8 +145,8 @@ func TestFleetCommands(t *testing.T) {
 			"nightly  0 3 * * *",
 			"Europe/Berlin",
 			"by carol at",
-			"2026-11-22T02:00:00Z  missed   no-leader  -     0s",
-			"2026-11-21T02:00:00Z  fired    -          200   1.5s",
+			"2026-11-22T02:00:00Z  missed   no_leader  -     -         -         web-2",
+			"2026-11-21T02:00:00Z  fired    -          200   1.5s      1         web-1",
 			"also in Consul, not in this configuration: retired",
 		} {
 			if !strings.Contains(r.stdout, want) {
@@ -182,7 +182,7 @@ func TestFleetCommands(t *testing.T) {
 			n.NextSlot.In(berlin).Hour() != 3 || time.Until(*n.NextSlot) > 25*time.Hour {
 			t.Fatalf("nightly = %+v; want next slot at the next 03:00 Berlin", n)
 		}
-		if len(n.History) != 2 || n.History[0].Reason != "no-leader" {
+		if len(n.History) != 2 || n.History[0].Reason != "no_leader" {
 			t.Fatalf("nightly history = %+v", n.History)
 		}
 		if rep := st.Jobs[1]; rep.Name != "report" || rep.Paused == nil || rep.Paused.By != "carol" {

@@ -41,7 +41,7 @@ const (
 type Entry struct {
 	Slot         time.Time `json:"slot"`
 	Outcome      string    `json:"outcome"`       // fired, failed, skipped, missed
-	Reason       string    `json:"reason"`        // overlap, group, paused, no-leader, ...
+	Reason       string    `json:"reason"`        // overlap, group, paused, no_leader, ...
 	HTTPStatus   int       `json:"http_status"`   // 0 when the app was not reached
 	DurationMS   int64     `json:"duration_ms"`   // the trigger's duration
 	Attempts     int       `json:"attempts"`      // triggers sent for this slot
