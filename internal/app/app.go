@@ -36,10 +36,11 @@ commands:
   (none)       run the sidecar
   validate     check the configuration and print each job's next 5 slots
   healthcheck  GET /healthz on LEADERCRON_LISTEN; exit 0 if healthy, else 1
-  pause <job> [-reason TEXT]
+  pause <job> [-by NAME] [-reason TEXT]
                pause a job fleet-wide (Consul KV) until resumed
   resume <job> undo pause
-  run <job>    ask the leader to run a job once, now
+  run <job> [-by NAME]
+               ask the leader to run a job once, now
   status [-json] [-history N]
                the leader, each job's next slot, pause, pending run and history
   version      print the version

@@ -28,10 +28,13 @@ func fleet(ctx context.Context, cmd string, args []string, env map[string]string
 	reason := fs.String("reason", "", "why the job is paused (shown by status)")
 	asJSON := fs.Bool("json", false, "print the full state as JSON")
 	history := fs.Int("history", 5, "history entries per job to show (text output)")
+	byFlag := fs.String("by", "", "who is asking (default LEADERCRON_ID, else the hostname)")
 	wantJob := cmd != "status"
 	switch cmd {
 	case "pause":
-		fs.Usage = func() { fmt.Fprintln(stderr, "usage: leadercron pause [-reason TEXT] <job>") }
+		fs.Usage = func() { fmt.Fprintln(stderr, "usage: leadercron pause [-by NAME] [-reason TEXT] <job>") }
+	case "run":
+		fs.Usage = func() { fmt.Fprintln(stderr, "usage: leadercron run [-by NAME] <job>") }
 	case "status":
 		fs.Usage = func() { fmt.Fprintln(stderr, "usage: leadercron status [-json] [-history N]") }
 	default:
@@ -48,7 +51,7 @@ func fleet(ctx context.Context, cmd string, args []string, env map[string]string
 			return ExitConfig
 		}
 	}
-	allowed := map[string][]string{"pause": {"reason"}, "status": {"json", "history"}}[cmd]
+	allowed := map[string][]string{"pause": {"reason", "by"}, "run": {"by"}, "status": {"json", "history"}}[cmd]
 	bad := ""
 	fs.Visit(func(f *flag.Flag) {
 		if !slices.Contains(allowed, f.Name) {
@@ -81,7 +84,10 @@ func fleet(ctx context.Context, cmd string, args []string, env map[string]string
 	ctx, cancel := context.WithTimeout(ctx, fleetTimeout)
 	defer cancel()
 	store := ledger.New(consul, cfg.KVPrefix)
-	by := operator(env)
+	by := *byFlag
+	if by == "" {
+		by = operator(env)
+	}
 	var err error
 	switch cmd {
 	case "pause":

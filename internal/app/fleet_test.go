@@ -70,7 +70,7 @@ func TestFleetCommands(t *testing.T) {
 		if p == nil || !strings.Contains(string(p.Value), `"by":"alice"`) || !strings.Contains(string(p.Value), `"reason":"vendor outage"`) {
 			t.Fatalf("paused key = %+v", p)
 		}
-		r = run(t, append(fleetEnv[:len(fleetEnv):len(fleetEnv)], "LEADERCRON_ID=bob"), "pause", "-reason", "other", "nightly")
+		r = run(t, fleetEnv, "pause", "-by", "bob", "-reason", "other", "nightly")
 		if r.code != app.ExitOK || !strings.Contains(r.stdout, "already paused by alice") {
 			t.Fatalf("second pause = %+v", r)
 		}
@@ -88,17 +88,17 @@ func TestFleetCommands(t *testing.T) {
 	})
 
 	t.Run("RunIsIdempotentWhilePending", func(t *testing.T) {
-		r := run(t, fleetEnv, "run", "report")
+		r := run(t, fleetEnv, "run", "report", "-by", "carol")
 		if r.code != app.ExitOK || !strings.HasPrefix(r.stdout, "run-now request for report queued") {
 			t.Fatalf("run = %+v", r)
 		}
 		p := get("requests/report")
 		var req ledger.Request
-		if p == nil || json.Unmarshal(p.Value, &req) != nil || req.By != "alice" || req.ID == "" {
+		if p == nil || json.Unmarshal(p.Value, &req) != nil || req.By != "carol" || req.ID == "" {
 			t.Fatalf("request key = %+v", p)
 		}
 		r = run(t, fleetEnv, "run", "report")
-		if r.code != app.ExitOK || !strings.Contains(r.stdout, "already pending (id "+req.ID) {
+		if r.code != app.ExitOK || !strings.Contains(r.stdout, "already pending (id "+req.ID+", by carol") {
 			t.Fatalf("second run = %+v", r)
 		}
 		if again := get("requests/report"); again.ModifyIndex != p.ModifyIndex {
@@ -199,7 +199,7 @@ func TestFleetCommands(t *testing.T) {
 			t.Fatal("an unknown job was paused")
 		}
 		r = run(t, fleetEnv, "run")
-		if r.code != app.ExitConfig || !strings.Contains(r.stderr, "usage: leadercron run <job>") {
+		if r.code != app.ExitConfig || !strings.Contains(r.stderr, "usage: leadercron run [-by NAME] <job>") {
 			t.Fatalf("run without a job = %+v", r)
 		}
 		r = run(t, fleetEnv, "resume", "-json", "nightly")
