@@ -1,0 +1,621 @@
+package main
+
+// Tests of the deployment artefacts against the code: the release build
+// (scripts/build.sh, which the Dockerfile runs), the Dockerfile, and
+// ecs-task-definition.json. No Docker engine or AWS account is needed; what
+// those would check at deploy time is checked here from the files.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"debug/buildinfo"
+	"debug/elf"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/leadercron/leadercron/internal/config"
+)
+
+const (
+	sidecarName = "leadercron" // the sidecar's container name in the task definition
+	testVersion = "v0.0.0-deploytest"
+	// stopMargin is what the sidecar's stopTimeout must leave after
+	// LEADERCRON_DRAIN_TIMEOUT: releasing the key and destroying the
+	// session take well under a second, the rest is slack for a slow
+	// Consul request (the per-request timeout) and log flushing.
+	stopMargin = 5 * time.Second
+	// fargateMaxStopTimeout is Fargate's upper bound for stopTimeout.
+	fargateMaxStopTimeout = 120
+)
+
+// buildRelease runs scripts/build.sh, exactly as the Dockerfile's builder
+// stage does, for goarch, and returns the binary's path.
+func buildRelease(t *testing.T, goarch string) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "leadercron-"+goarch)
+	cmd := exec.Command("./scripts/build.sh", "-o", out)
+	cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH="+goarch, "VERSION="+testVersion)
+	start := time.Now()
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("scripts/build.sh for linux/%s: %v\n%s", goarch, err, b)
+	}
+	fi, err := os.Stat(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("linux/%s release binary: %d bytes (%.1f MiB), built in %s", goarch, fi.Size(), float64(fi.Size())/(1<<20), time.Since(start).Round(100*time.Millisecond))
+	return out
+}
+
+// checkStatic fails unless path is a static, stripped linux ELF for machine,
+// built with the flags scripts/build.sh promises.
+func checkStatic(t *testing.T, path string, machine elf.Machine) {
+	t.Helper()
+	f, err := elf.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if f.Machine != machine {
+		t.Errorf("ELF machine %s, want %s", f.Machine, machine)
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP || p.Type == elf.PT_DYNAMIC {
+			t.Errorf("binary has a %s program header: it is dynamically linked and would not run on distroless/static", p.Type)
+		}
+	}
+	if f.Section(".dynamic") != nil || f.Section(".interp") != nil {
+		t.Errorf("binary has a .dynamic or .interp section: it is not static")
+	}
+	if f.Section(".symtab") != nil {
+		t.Errorf("binary has a symbol table: -ldflags -s was not applied")
+	}
+
+	bi, err := buildinfo.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	settings := map[string]string{}
+	for _, s := range bi.Settings {
+		settings[s.Key] = s.Value
+	}
+	if settings["CGO_ENABLED"] != "0" {
+		t.Errorf("build setting CGO_ENABLED=%q, want 0", settings["CGO_ENABLED"])
+	}
+	if settings["-trimpath"] != "true" {
+		t.Errorf("build setting -trimpath=%q, want true", settings["-trimpath"])
+	}
+	// -trimpath keeps -ldflags out of the build info, so check their
+	// effects: -s above, -w here, and -X by the version subcommand.
+	for _, sec := range f.Sections {
+		if strings.HasPrefix(sec.Name, ".debug_") || strings.HasPrefix(sec.Name, ".zdebug_") {
+			t.Errorf("binary has DWARF section %s: -ldflags -w was not applied", sec.Name)
+		}
+	}
+}
+
+func TestReleaseBuild(t *testing.T) {
+	// arm64 is cross-compiled only (Graviton; the Dockerfile builds both
+	// from $BUILDPLATFORM); the native binary is also run below.
+	t.Run("arm64", func(t *testing.T) {
+		checkStatic(t, buildRelease(t, "arm64"), elf.EM_AARCH64)
+	})
+
+	native := map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}
+	if _, ok := native[runtime.GOARCH]; !ok {
+		t.Fatalf("no ELF machine known for GOARCH=%s", runtime.GOARCH)
+	}
+	bin := buildRelease(t, runtime.GOARCH)
+	checkStatic(t, bin, native[runtime.GOARCH])
+
+	t.Run("version", func(t *testing.T) {
+		out, code := run(t, bin, nil, "version")
+		if code != 0 || strings.TrimSpace(out) != "leadercron "+testVersion {
+			t.Errorf("version: exit %d, output %q; want exit 0 and %q", code, out, "leadercron "+testVersion)
+		}
+	})
+
+	t.Run("validate the task definition's environment", func(t *testing.T) {
+		td := readTaskDefinition(t)
+		env := sidecarEnv(t, td)
+		env["LEADERCRON_ID"] = "deploytest" // ECS would supply the task ARN
+		out, code := run(t, bin, env, "validate")
+		if code != 0 {
+			t.Fatalf("validate exited %d:\n%s", code, out)
+		}
+		for _, j := range mustLoad(t, td).Jobs {
+			if !strings.Contains(out, "job "+j.Name+" ") {
+				t.Errorf("validate output does not list job %s:\n%s", j.Name, out)
+			}
+		}
+	})
+
+	t.Run("bad configuration exits 2", func(t *testing.T) {
+		out, code := run(t, bin, map[string]string{"LEADERCRON_SERVICE": "x", "LEADERCRON_SESION_TTL": "5s"}, "validate")
+		if code != 2 || !strings.Contains(out, "LEADERCRON_SESION_TTL") {
+			t.Errorf("validate with a misspelt variable: exit %d, output %q; want exit 2 naming the variable", code, out)
+		}
+	})
+
+	t.Run("healthcheck", func(t *testing.T) {
+		ports := freePorts(t, 2)
+		listen := "127.0.0.1:" + strconv.Itoa(ports[0])
+		env := map[string]string{
+			"LEADERCRON_LOCK":       config.LockNone,
+			"LEADERCRON_SERVICE":    "deploytest",
+			"LEADERCRON_ID":         "deploytest",
+			"LEADERCRON_LISTEN":     listen,
+			"LEADERCRON_APP_URL":    "http://127.0.0.1:" + strconv.Itoa(ports[1]), // nothing listens: drain counts as done
+			"LEADERCRON_LOG_FORMAT": "text",
+			// With no job at all, a leader exits at once (see the report
+			// of 2026-11-22); a job that never comes due keeps it up.
+			"LEADERCRON_JOB_NEVER": "0 0 1 1 *",
+		}
+		if out, code := run(t, bin, env, "healthcheck"); code != 1 {
+			t.Fatalf("healthcheck with no sidecar running: exit %d, want 1\n%s", code, out)
+		}
+
+		var logs bytes.Buffer
+		sidecar := exec.Command(bin)
+		sidecar.Env = envList(env)
+		sidecar.Stdout, sidecar.Stderr = &logs, &logs
+		if err := sidecar.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- sidecar.Wait() }()
+		t.Cleanup(func() {
+			if sidecar.ProcessState == nil {
+				_ = sidecar.Process.Kill()
+				<-exited
+			}
+		})
+
+		// Poll the external process until it serves /healthz.
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			out, code := run(t, bin, env, "healthcheck")
+			if code == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("healthcheck still exits %d after 20s: %s\nsidecar log:\n%s", code, out, logs.String())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+
+		if err := sidecar.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-exited:
+			var ee *exec.ExitError
+			if err != nil && errors.As(err, &ee) {
+				t.Fatalf("sidecar exited %d after SIGTERM, want 0\n%s", ee.ExitCode(), logs.String())
+			} else if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Fatalf("sidecar did not exit within 15s of SIGTERM\n%s", logs.String())
+		}
+		if out, code := run(t, bin, env, "healthcheck"); code != 1 {
+			t.Errorf("healthcheck after the sidecar exited: exit %d, want 1\n%s", code, out)
+		}
+	})
+}
+
+// run runs bin with exactly env (nothing inherited) and returns its
+// combined output and exit code.
+func run(t *testing.T, bin string, env map[string]string, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = envList(env)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return string(out), 0
+	case errors.As(err, &ee) && ctx.Err() == nil:
+		return string(out), ee.ExitCode()
+	default:
+		t.Fatalf("run %s %v: %v\n%s", bin, args, err, out)
+		return "", -1
+	}
+}
+
+func envList(env map[string]string) []string {
+	l := []string{}
+	for k, v := range env {
+		l = append(l, k+"="+v)
+	}
+	return l
+}
+
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports
+}
+
+// dockerfile is the Dockerfile as a list of instructions, with line
+// continuations joined and comments dropped.
+type instruction struct {
+	Cmd  string // upper case: FROM, RUN, ...
+	Args string
+}
+
+func readDockerfile(t *testing.T) []instruction {
+	t.Helper()
+	f, err := os.Open("Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var ins []instruction
+	var cur strings.Builder
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if strings.HasPrefix(line, "#") || (line == "" && cur.Len() == 0) {
+			continue
+		}
+		if rest, ok := strings.CutSuffix(line, "\\"); ok {
+			cur.WriteString(rest + " ")
+			continue
+		}
+		cur.WriteString(line)
+		cmd, args, _ := strings.Cut(strings.TrimSpace(cur.String()), " ")
+		ins = append(ins, instruction{Cmd: strings.ToUpper(cmd), Args: strings.TrimSpace(args)})
+		cur.Reset()
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return ins
+}
+
+// execForm parses a JSON array argument (exec form); ok is false for the
+// shell form.
+func execForm(args string) ([]string, bool) {
+	var v []string
+	if err := json.Unmarshal([]byte(args), &v); err != nil || len(v) == 0 {
+		return nil, false
+	}
+	return v, true
+}
+
+// imageEntrypoint checks the Dockerfile and returns the ENTRYPOINT of its
+// final stage.
+func imageEntrypoint(t *testing.T) []string {
+	t.Helper()
+	ins := readDockerfile(t)
+	last := -1
+	for i, in := range ins {
+		if in.Cmd == "FROM" {
+			last = i
+		}
+	}
+	if last < 0 {
+		t.Fatal("Dockerfile has no FROM")
+	}
+	base := strings.Fields(ins[last].Args)[0]
+	if name, _, _ := strings.Cut(base, "@"); name != "gcr.io/distroless/static-debian12:nonroot" {
+		t.Errorf("final base image %q, want gcr.io/distroless/static-debian12:nonroot (optionally @sha256:...)", base)
+	}
+
+	buildCalls := 0
+	for _, in := range ins[:last] {
+		if in.Cmd == "RUN" && strings.Contains(in.Args, "./scripts/build.sh") {
+			buildCalls++
+		}
+		if strings.Contains(in.Args, "go build") {
+			t.Errorf("Dockerfile runs go build itself (%s %s): build flags belong in scripts/build.sh only", in.Cmd, in.Args)
+		}
+	}
+	if buildCalls != 1 {
+		t.Errorf("builder stage runs ./scripts/build.sh %d times, want once", buildCalls)
+	}
+
+	var entrypoint, health []string
+	var user string
+	for _, in := range ins[last+1:] {
+		switch in.Cmd {
+		case "ENTRYPOINT":
+			v, ok := execForm(in.Args)
+			if !ok {
+				t.Errorf("ENTRYPOINT %s is not exec form (a JSON array): the image has no shell", in.Args)
+			}
+			entrypoint = v
+		case "CMD":
+			if _, ok := execForm(in.Args); !ok {
+				t.Errorf("CMD %s is not exec form", in.Args)
+			}
+		case "USER":
+			user = in.Args
+		case "HEALTHCHECK":
+			_, cmd, ok := strings.Cut(in.Args, "CMD ")
+			v, isExec := execForm(strings.TrimSpace(cmd))
+			if !ok || !isExec {
+				t.Errorf("HEALTHCHECK %s: want CMD in exec form", in.Args)
+			}
+			health = v
+		}
+	}
+	if len(entrypoint) != 1 || !strings.HasPrefix(entrypoint[0], "/") {
+		t.Fatalf("final stage ENTRYPOINT %q, want the binary's absolute path alone", entrypoint)
+	}
+	if !slices.Equal(health, []string{entrypoint[0], "healthcheck"}) {
+		t.Errorf("HEALTHCHECK CMD %q, want [%q \"healthcheck\"]", health, entrypoint[0])
+	}
+	if user != "65532:65532" && user != "nonroot" && user != "nonroot:nonroot" {
+		t.Errorf("final stage USER %q, want distroless's nonroot (65532:65532)", user)
+	}
+	return entrypoint
+}
+
+func TestDockerfile(t *testing.T) {
+	imageEntrypoint(t)
+}
+
+// taskDefinition is the part of an ECS task definition the tests read.
+type taskDefinition struct {
+	Family                  string      `json:"family"`
+	RequiresCompatibilities []string    `json:"requiresCompatibilities"`
+	NetworkMode             string      `json:"networkMode"`
+	ContainerDefinitions    []container `json:"containerDefinitions"`
+}
+
+type container struct {
+	Name                   string                        `json:"name"`
+	Image                  string                        `json:"image"`
+	Essential              *bool                         `json:"essential"`
+	User                   string                        `json:"user"`
+	ReadonlyRootFilesystem bool                          `json:"readonlyRootFilesystem"`
+	PortMappings           []struct{ ContainerPort int } `json:"portMappings"`
+	Environment            []nameValue                   `json:"environment"`
+	Secrets                []struct {
+		Name      string `json:"name"`
+		ValueFrom string `json:"valueFrom"`
+	} `json:"secrets"`
+	DependsOn []struct {
+		ContainerName string `json:"containerName"`
+		Condition     string `json:"condition"`
+	} `json:"dependsOn"`
+	HealthCheck *struct {
+		Command []string `json:"command"`
+	} `json:"healthCheck"`
+	StopTimeout      int `json:"stopTimeout"`
+	LogConfiguration *struct {
+		LogDriver string            `json:"logDriver"`
+		Options   map[string]string `json:"options"`
+	} `json:"logConfiguration"`
+	LinuxParameters *struct {
+		Capabilities struct {
+			Drop []string `json:"drop"`
+		} `json:"capabilities"`
+	} `json:"linuxParameters"`
+}
+
+type nameValue struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+func readTaskDefinition(t *testing.T) taskDefinition {
+	t.Helper()
+	b, err := os.ReadFile("ecs-task-definition.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var td taskDefinition
+	if err := json.Unmarshal(b, &td); err != nil {
+		t.Fatalf("ecs-task-definition.json: %v", err)
+	}
+	return td
+}
+
+func (td taskDefinition) container(t *testing.T, name string) container {
+	t.Helper()
+	for _, c := range td.ContainerDefinitions {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("ecs-task-definition.json has no container %q", name)
+	return container{}
+}
+
+// sidecarEnv is the sidecar container's environment as ECS would set it,
+// with each secret given a placeholder value.
+func sidecarEnv(t *testing.T, td taskDefinition) map[string]string {
+	t.Helper()
+	env := map[string]string{}
+	c := td.container(t, sidecarName)
+	for _, e := range c.Environment {
+		if _, dup := env[e.Name]; dup {
+			t.Errorf("sidecar environment sets %s twice", e.Name)
+		}
+		env[e.Name] = e.Value
+	}
+	for _, s := range c.Secrets {
+		if _, dup := env[s.Name]; dup {
+			t.Errorf("sidecar sets %s both in environment and secrets", s.Name)
+		}
+		env[s.Name] = "secret-placeholder"
+	}
+	return env
+}
+
+// mustLoad loads the sidecar's configuration as the binary would on ECS,
+// with the task family and a task ARN as the metadata defaults.
+func mustLoad(t *testing.T, td taskDefinition) config.Config {
+	t.Helper()
+	cfg, err := config.Load(sidecarEnv(t, td), config.Defaults{
+		Service: td.Family,
+		ID:      "arn:aws:ecs:eu-west-1:111122223333:task/prod/0123456789abcdef0123456789abcdef",
+	})
+	if err != nil {
+		t.Fatalf("the sidecar's environment in ecs-task-definition.json does not load:\n%v", err)
+	}
+	return cfg
+}
+
+func TestECSTaskDefinition(t *testing.T) {
+	td := readTaskDefinition(t)
+	if !slices.Contains(td.RequiresCompatibilities, "FARGATE") || td.NetworkMode != "awsvpc" {
+		t.Errorf("requiresCompatibilities %v, networkMode %q: want FARGATE and awsvpc (the shared localhost)", td.RequiresCompatibilities, td.NetworkMode)
+	}
+	sc := td.container(t, sidecarName)
+	env := sidecarEnv(t, td)
+
+	t.Run("every LEADERCRON_ variable is known", func(t *testing.T) {
+		for name := range env {
+			if strings.HasPrefix(name, "LEADERCRON_") && !config.IsKnown(name) {
+				t.Errorf("%s is not a variable the sidecar reads (known: %v, and %s<NAME>)", name, config.KnownVariables(), config.JobPrefix)
+			}
+		}
+	})
+
+	cfg := mustLoad(t, td)
+	if cfg.Lock != config.LockConsul {
+		t.Errorf("LEADERCRON_LOCK=%s: a fleet needs the consul lock", cfg.Lock)
+	}
+	if len(cfg.Jobs) == 0 {
+		t.Errorf("the task definition configures no jobs")
+	}
+
+	t.Run("stopTimeout covers the drain", func(t *testing.T) {
+		stop := time.Duration(sc.StopTimeout) * time.Second
+		if sc.StopTimeout == 0 {
+			stop = 30 * time.Second // ECS's default
+		}
+		if stop < cfg.DrainTimeout+stopMargin {
+			t.Errorf("sidecar stopTimeout %s < LEADERCRON_DRAIN_TIMEOUT %s + %s: ECS would SIGKILL a draining leader", stop, cfg.DrainTimeout, stopMargin)
+		}
+		if sc.StopTimeout > fargateMaxStopTimeout {
+			t.Errorf("sidecar stopTimeout %d exceeds Fargate's maximum of %d", sc.StopTimeout, fargateMaxStopTimeout)
+		}
+		t.Logf("drain timeout %s, sidecar stopTimeout %s: %s of margin", cfg.DrainTimeout, stop, stop-cfg.DrainTimeout)
+	})
+
+	t.Run("sidecar stops before the app", func(t *testing.T) {
+		found := false
+		for _, d := range sc.DependsOn {
+			if d.Condition == "HEALTHY" {
+				app := td.container(t, d.ContainerName)
+				found = true
+				if app.HealthCheck == nil {
+					t.Errorf("the sidecar waits for %s to be HEALTHY, but %s has no healthCheck", app.Name, app.Name)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("sidecar dependsOn %+v: want the app with condition HEALTHY (ECS then stops the sidecar first)", sc.DependsOn)
+		}
+	})
+
+	t.Run("health checks", func(t *testing.T) {
+		entrypoint := imageEntrypoint(t)
+		want := []string{"CMD", entrypoint[0], "healthcheck"}
+		if sc.HealthCheck == nil || !slices.Equal(sc.HealthCheck.Command, want) {
+			t.Errorf("sidecar healthCheck %+v, want command %q (the image has no shell)", sc.HealthCheck, want)
+		}
+		for _, c := range td.ContainerDefinitions {
+			if c.HealthCheck != nil && (len(c.HealthCheck.Command) < 2 || c.HealthCheck.Command[0] != "CMD") {
+				t.Errorf("container %s: healthCheck %q is not CMD form", c.Name, c.HealthCheck.Command)
+			}
+		}
+	})
+
+	t.Run("consul token from secrets manager", func(t *testing.T) {
+		for _, e := range sc.Environment {
+			if e.Name == "CONSUL_HTTP_TOKEN" {
+				t.Errorf("CONSUL_HTTP_TOKEN is in plain environment")
+			}
+		}
+		ok := false
+		for _, s := range sc.Secrets {
+			if s.Name == "CONSUL_HTTP_TOKEN" {
+				ok = strings.HasPrefix(s.ValueFrom, "arn:aws:secretsmanager:")
+			}
+		}
+		if !ok {
+			t.Errorf("CONSUL_HTTP_TOKEN is not a secret from Secrets Manager: %+v", sc.Secrets)
+		}
+	})
+
+	t.Run("logs", func(t *testing.T) {
+		for _, c := range td.ContainerDefinitions {
+			lc := c.LogConfiguration
+			if lc == nil || lc.LogDriver != "awslogs" {
+				t.Errorf("container %s: want the awslogs driver", c.Name)
+				continue
+			}
+			if m := lc.Options["mode"]; m != "blocking" && m != "non-blocking" {
+				t.Errorf("container %s: awslogs mode %q: set it explicitly (the account default changed in 2025)", c.Name, m)
+			}
+			if lc.Options["awslogs-stream-prefix"] == "" {
+				t.Errorf("container %s: awslogs-stream-prefix is required on Fargate", c.Name)
+			}
+		}
+	})
+
+	t.Run("hardening", func(t *testing.T) {
+		if !sc.ReadonlyRootFilesystem {
+			t.Errorf("sidecar readonlyRootFilesystem is false")
+		}
+		uid, _, _ := strings.Cut(sc.User, ":")
+		if n, err := strconv.Atoi(uid); err != nil || n <= 0 {
+			t.Errorf("sidecar user %q, want a numeric non-root uid such as 65532:65532", sc.User)
+		}
+		if sc.LinuxParameters == nil || !slices.Contains(sc.LinuxParameters.Capabilities.Drop, "ALL") {
+			t.Errorf("sidecar does not drop all capabilities")
+		}
+	})
+
+	t.Run("localhost wiring", func(t *testing.T) {
+		if host, _, _ := net.SplitHostPort(cfg.Listen); !net.ParseIP(host).IsLoopback() {
+			t.Errorf("LEADERCRON_LISTEN=%s: the admin endpoints (POST /handover) should stay on loopback", cfg.Listen)
+		}
+		if len(sc.PortMappings) > 0 {
+			t.Errorf("sidecar has portMappings %v: nothing outside the task needs its admin port", sc.PortMappings)
+		}
+		app := td.container(t, sc.DependsOn[0].ContainerName)
+		port := cfg.AppURL.Port()
+		if port == "" {
+			port = map[string]string{"http": "80", "https": "443"}[cfg.AppURL.Scheme]
+		}
+		if !net.ParseIP(cfg.AppURL.Hostname()).IsLoopback() {
+			t.Errorf("LEADERCRON_APP_URL=%s: the app is in the same task, reach it on 127.0.0.1", cfg.AppURL)
+		}
+		served := false
+		for _, p := range app.PortMappings {
+			served = served || strconv.Itoa(p.ContainerPort) == port
+		}
+		if !served {
+			t.Errorf("LEADERCRON_APP_URL port %s is not a containerPort of %s (%v)", port, app.Name, app.PortMappings)
+		}
+	})
+}
