@@ -1,0 +1,628 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/leadercron/leadercron/internal/consultest"
+)
+
+const (
+	implLC    = "leadercron"
+	implNaive = "naive"
+)
+
+// figures are one implementation's measurements in one run, by key.
+type figures map[string]float64
+
+// env is what every scenario shares: the agent, the binaries, settings.
+type env struct {
+	agent        *agent
+	lcBin, nvBin string
+	tr           *http.Transport
+	ttl, delay   time.Duration
+	verbose      bool
+
+	mu  sync.Mutex
+	seq int
+}
+
+// fleet is the sidecars of one implementation in one scenario, sharing a
+// lock key, each with its own recording app and counting proxy.
+type fleet struct {
+	e       *env
+	impl    string
+	prefix  string
+	rec     *recorder
+	w       *watcher
+	stopW   context.CancelFunc
+	members []*member
+}
+
+type member struct {
+	name string
+	p    *proc
+	px   *proxy
+	app  *app
+}
+
+func (e *env) newFleet(impl, scenario string) *fleet {
+	e.mu.Lock()
+	e.seq++
+	prefix := fmt.Sprintf("bench/%s-%s-%d", scenario, impl, e.seq)
+	e.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	return &fleet{e: e, impl: impl, prefix: prefix, rec: newRecorder(), w: watch(ctx, e.agent.client(), prefix+"/leader"), stopW: cancel}
+}
+
+// add starts one sidecar (with its app and proxy) running jobs.
+func (f *fleet) add(name string, jobs map[string]string) (*member, error) {
+	a, err := startApp(name, f.rec)
+	if err != nil {
+		return nil, err
+	}
+	px, err := startProxy(f.e.agent.addr, f.e.tr)
+	if err != nil {
+		a.close()
+		return nil, err
+	}
+	m := &member{name: name, px: px, app: a}
+	base := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "CONSUL_HTTP_ADDR=" + px.addr}
+	id := f.impl + "-" + name
+	if f.impl == implLC {
+		ports, err := consultest.FreePorts(1)
+		if err != nil {
+			m.close()
+			return nil, err
+		}
+		envv := append(base,
+			"LEADERCRON_SERVICE=bench", "LEADERCRON_KV_PREFIX="+f.prefix, "LEADERCRON_ID="+id,
+			"LEADERCRON_APP_URL="+a.url, fmt.Sprintf("LEADERCRON_LISTEN=127.0.0.1:%d", ports[0]),
+			"LEADERCRON_SESSION_TTL="+f.e.ttl.String(), "LEADERCRON_LOCK_DELAY="+f.e.delay.String(),
+			"LEADERCRON_LOG_LEVEL=warn")
+		for job, spec := range jobs {
+			envv = append(envv, "LEADERCRON_JOB_"+strings.ToUpper(job)+"="+spec)
+		}
+		m.p, err = startProc(id, f.e.lcBin, nil, envv)
+	} else {
+		args := []string{"-key", f.prefix + "/leader", "-id", id, "-ttl", f.e.ttl.String(), "-lock-delay", f.e.delay.String(),
+			"-app-url", a.url, "-log-level", "warn"}
+		for job, spec := range jobs {
+			args = append(args, "-job", job+"="+spec)
+		}
+		m.p, err = startProc(id, f.e.nvBin, args, base)
+	}
+	if err != nil {
+		m.close()
+		return nil, err
+	}
+	f.members = append(f.members, m)
+	return m, nil
+}
+
+func (m *member) close() {
+	if m.p != nil {
+		m.p.stop(10 * time.Second)
+	}
+	m.px.close()
+	m.app.close()
+}
+
+// close stops every sidecar, gracefully, all at once.
+func (f *fleet) close() {
+	var wg sync.WaitGroup
+	for _, m := range f.members {
+		wg.Add(1)
+		go func() { defer wg.Done(); m.close() }()
+	}
+	wg.Wait()
+	f.stopW()
+	if f.e.verbose {
+		for _, m := range f.members {
+			if out := m.p.out.String(); out != "" {
+				fmt.Fprintf(os.Stderr, "--- %s output:\n%s\n", m.p.name, out)
+			}
+		}
+	}
+}
+
+// diag says what the fleet's processes printed, for error messages.
+func (f *fleet) diag() string {
+	var b strings.Builder
+	for _, m := range f.members {
+		out := m.p.out.String()
+		if len(out) > 2000 {
+			out = out[len(out)-2000:]
+		}
+		fmt.Fprintf(&b, "\n--- %s (exit %d):\n%s", m.p.name, m.p.code, out)
+	}
+	return b.String()
+}
+
+// awaitHolder waits for the lock to be held by a session; returns it.
+func (f *fleet) awaitHolder(ctx context.Context) (string, error) {
+	c, _, err := f.w.await(ctx, "a lock holder", 0, func(c lockChange) bool { return c.session != "" })
+	if err != nil {
+		return "", fmt.Errorf("%s: %w%s", f.impl, err, f.diag())
+	}
+	return c.session, nil
+}
+
+// awaitStandby waits until each member has a blocking query in flight.
+func (f *fleet) awaitStandby(ctx context.Context, ms ...*member) error {
+	for _, m := range ms {
+		for m.px.waiting.Load() == 0 {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("%s: standby %s never sent a blocking query%s", f.impl, m.name, f.diag())
+			case <-m.p.exited:
+				return fmt.Errorf("%s: standby %s exited%s", f.impl, m.name, f.diag())
+			case <-time.After(20 * time.Millisecond): // polling a counter of another process's requests
+			}
+		}
+	}
+	return nil
+}
+
+func (f *fleet) awaitTrigger(ctx context.Context, from string, after time.Time) (trigger, error) {
+	ts, err := f.rec.await(ctx, "a trigger from "+from, func(ts []trigger) bool {
+		return slices.ContainsFunc(ts, func(t trigger) bool { return t.app == from && t.at.After(after) })
+	})
+	if err != nil {
+		return trigger{}, fmt.Errorf("%s: %w%s", f.impl, err, f.diag())
+	}
+	i := slices.IndexFunc(ts, func(t trigger) bool { return t.app == from && t.at.After(after) })
+	return ts[i], nil
+}
+
+func everySecond(n int) map[string]string {
+	jobs := map[string]string{}
+	for i := range n {
+		jobs[fmt.Sprintf("j%02d", i)] = "* * * * * *"
+	}
+	return jobs
+}
+
+// sleepUntil waits for a wall-clock instant that bounds a measurement window.
+func sleepUntil(ctx context.Context, t time.Time) error {
+	select {
+	case <-time.After(time.Until(t)):
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// delays summarises the triggers whose slot lies in [from, to): delay
+// percentiles in ms, slot count, and missing and duplicate slots given the
+// expected count.
+func delays(ts []trigger, from, to time.Time, expected int, fig figures, prefix string) error {
+	seen := map[string]bool{}
+	var ds []float64
+	dupes := 0
+	for _, t := range ts {
+		if t.slot.Before(from) || !t.slot.Before(to) {
+			continue
+		}
+		k := t.job + "@" + t.slot.String()
+		if seen[k] {
+			dupes++
+			continue
+		}
+		seen[k] = true
+		ds = append(ds, float64(t.at.Sub(t.slot).Microseconds())/1000)
+	}
+	if len(ds) == 0 {
+		return errors.New("no trigger arrived in the measurement window")
+	}
+	slices.Sort(ds)
+	fig[prefix+"p50"] = quantile(ds, 0.5)
+	fig[prefix+"p99"] = quantile(ds, 0.99)
+	fig[prefix+"max"] = ds[len(ds)-1]
+	fig[prefix+"slots"] = float64(len(ds))
+	fig[prefix+"missing"] = float64(expected - len(ds))
+	fig[prefix+"dupes"] = float64(dupes)
+	return nil
+}
+
+func quantile(sorted []float64, q float64) float64 {
+	i := int(math.Ceil(q*float64(len(sorted)))) - 1
+	return sorted[max(i, 0)]
+}
+
+func perMin(n int64, d time.Duration) float64 { return float64(n) / d.Minutes() }
+
+// slotDelay runs a leader and a standby with nJobs jobs every second and
+// measures slot delay and Consul load over dur.
+func (e *env) slotDelay(ctx context.Context, impl string, nJobs int, dur time.Duration, fig figures) error {
+	f := e.newFleet(impl, "delay")
+	defer f.close()
+	ctx, cancel := context.WithTimeoutCause(ctx, dur+60*time.Second, errors.New("slot delay scenario timed out"))
+	defer cancel()
+	jobs := everySecond(nJobs)
+	a, err := f.add("a", jobs)
+	if err != nil {
+		return err
+	}
+	if _, err := f.awaitHolder(ctx); err != nil {
+		return err
+	}
+	b, err := f.add("b", jobs)
+	if err != nil {
+		return err
+	}
+	if _, err := f.awaitTrigger(ctx, "a", time.Time{}); err != nil {
+		return err
+	}
+	if err := f.awaitStandby(ctx, b); err != nil {
+		return err
+	}
+	start := time.Now().Truncate(time.Second).Add(2 * time.Second)
+	end := start.Add(dur)
+	if err := sleepUntil(ctx, start); err != nil {
+		return err
+	}
+	ca, cb := a.px.counts(), b.px.counts()
+	if err := sleepUntil(ctx, end.Add(500*time.Millisecond)); err != nil {
+		return err
+	}
+	el := time.Since(start)
+	fig["busy_load_leader"] = perMin(a.px.counts().sub(ca).total, el)
+	fig["busy_load_standby"] = perMin(b.px.counts().sub(cb).total, el)
+	ts, _ := f.rec.snapshot()
+	if err := delays(ts, start, end, nJobs*int(dur/time.Second), fig, "delay_"); err != nil {
+		return fmt.Errorf("%s slot delay: %w%s", impl, err, f.diag())
+	}
+	for _, t := range ts {
+		if t.app != "a" && !t.slot.Before(start) && t.slot.Before(end) {
+			return fmt.Errorf("%s slot delay: standby %s triggered slot %s", impl, t.app, t.slot)
+		}
+	}
+	return nil
+}
+
+// idle runs an idle leader and standby (one hourly job) and measures
+// their memory, CPU and Consul requests over dur.
+func (e *env) idle(ctx context.Context, impl string, dur time.Duration, fig figures) error {
+	f := e.newFleet(impl, "idle")
+	defer f.close()
+	ctx, cancel := context.WithTimeoutCause(ctx, dur+60*time.Second, errors.New("idle scenario timed out"))
+	defer cancel()
+	jobs := map[string]string{"hourly": "0 0 * * * *"}
+	a, err := f.add("a", jobs)
+	if err != nil {
+		return err
+	}
+	if _, err := f.awaitHolder(ctx); err != nil {
+		return err
+	}
+	b, err := f.add("b", jobs)
+	if err != nil {
+		return err
+	}
+	if err := f.awaitStandby(ctx, b); err != nil {
+		return err
+	}
+	if err := sleepUntil(ctx, time.Now().Add(time.Second)); err != nil { // let start-up work finish
+		return err
+	}
+	start := time.Now()
+	ua, err1 := readUsage(a.p.cmd.Process.Pid)
+	ub, err2 := readUsage(b.p.cmd.Process.Pid)
+	ca, cb := a.px.counts(), b.px.counts()
+	if err := errors.Join(err1, err2); err != nil {
+		return fmt.Errorf("%s idle: %w", impl, err)
+	}
+	if err := sleepUntil(ctx, start.Add(dur)); err != nil {
+		return err
+	}
+	el := time.Since(start)
+	ua2, err1 := readUsage(a.p.cmd.Process.Pid)
+	ub2, err2 := readUsage(b.p.cmd.Process.Pid)
+	if err := errors.Join(err1, err2); err != nil {
+		return fmt.Errorf("%s idle: %w%s", impl, err, f.diag())
+	}
+	da, db := a.px.counts().sub(ca), b.px.counts().sub(cb)
+	fig["idle_rss_leader"] = float64(ua2.rssKB) / 1024
+	fig["idle_rss_standby"] = float64(ub2.rssKB) / 1024
+	fig["idle_cpu_leader"] = float64(ua2.ticks-ua.ticks) / clockTicks / el.Seconds() * 100
+	fig["idle_cpu_standby"] = float64(ub2.ticks-ub.ticks) / clockTicks / el.Seconds() * 100
+	fig["idle_load_leader"] = perMin(da.total, el)
+	fig["idle_load_standby"] = perMin(db.total, el)
+	if db.blocking > 0 {
+		fig["standby_per_wait"] = float64(db.total) / float64(db.blocking)
+	}
+	return nil
+}
+
+// handover measures a graceful handover: SIGTERM of an idle leader, until
+// the standby holds the lock and fires its first trigger.
+func (e *env) handover(ctx context.Context, impl string, fig figures) error {
+	f := e.newFleet(impl, "handover")
+	defer f.close()
+	ctx, cancel := context.WithTimeoutCause(ctx, 90*time.Second, errors.New("handover scenario timed out"))
+	defer cancel()
+	jobs := map[string]string{"tick": "* * * * * *"}
+	a, err := f.add("a", jobs)
+	if err != nil {
+		return err
+	}
+	sa, err := f.awaitHolder(ctx)
+	if err != nil {
+		return err
+	}
+	b, err := f.add("b", jobs)
+	if err != nil {
+		return err
+	}
+	if _, err := f.awaitTrigger(ctx, "a", time.Time{}); err != nil {
+		return err
+	}
+	if err := f.awaitStandby(ctx, b); err != nil {
+		return err
+	}
+	// Half-way between two slots of the 1 s job, so that neither the
+	// old leader's last slot nor the new one's first is in the race.
+	if err := sleepUntil(ctx, time.Now().Truncate(time.Second).Add(1500*time.Millisecond)); err != nil {
+		return err
+	}
+	from := f.w.len()
+	t0 := time.Now()
+	if err := a.p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		return fmt.Errorf("%s handover: signal: %w", impl, err)
+	}
+	rel, i, err := f.w.await(ctx, "the release", from, func(c lockChange) bool { return c.session != sa })
+	if err != nil {
+		return fmt.Errorf("%s handover: %w%s", impl, err, f.diag())
+	}
+	held, _, err := f.w.await(ctx, "the standby holding the lock", i, func(c lockChange) bool { return c.session != "" && c.session != sa })
+	if err != nil {
+		return fmt.Errorf("%s handover: %w%s", impl, err, f.diag())
+	}
+	if _, err := f.awaitTrigger(ctx, "b", t0); err != nil {
+		return err
+	}
+	select {
+	case <-a.p.exited:
+	case <-ctx.Done():
+		return fmt.Errorf("%s handover: old leader did not exit%s", impl, f.diag())
+	}
+	if a.p.code != 0 {
+		return fmt.Errorf("%s handover: old leader exited %d%s", impl, a.p.code, f.diag())
+	}
+	fig["handover_term_release"] = ms(rel.at.Sub(t0))
+	fig["handover_release_held"] = ms(held.at.Sub(rel.at))
+	fig["handover_term_held"] = ms(held.at.Sub(t0))
+	ts, _ := f.rec.snapshot()
+	fig["handover_missed"] = slotGap(ts)
+	return nil
+}
+
+// failover measures SIGKILL of the leader until the standby holds the lock.
+func (e *env) failover(ctx context.Context, impl string, fig figures) error {
+	f := e.newFleet(impl, "failover")
+	defer f.close()
+	bound := 2*e.ttl + e.delay
+	ctx, cancel := context.WithTimeoutCause(ctx, bound+90*time.Second, errors.New("failover scenario timed out"))
+	defer cancel()
+	jobs := map[string]string{"tick": "* * * * * *"}
+	a, err := f.add("a", jobs)
+	if err != nil {
+		return err
+	}
+	sa, err := f.awaitHolder(ctx)
+	if err != nil {
+		return err
+	}
+	b, err := f.add("b", jobs)
+	if err != nil {
+		return err
+	}
+	if _, err := f.awaitTrigger(ctx, "a", time.Time{}); err != nil {
+		return err
+	}
+	if err := f.awaitStandby(ctx, b); err != nil {
+		return err
+	}
+	from := f.w.len()
+	t0 := time.Now()
+	a.p.kill()
+	held, _, err := f.w.await(ctx, "the standby holding the lock", from, func(c lockChange) bool { return c.session != "" && c.session != sa })
+	if err != nil {
+		return fmt.Errorf("%s failover: %w%s", impl, err, f.diag())
+	}
+	tr, err := f.awaitTrigger(ctx, "b", t0)
+	if err != nil {
+		return err
+	}
+	fig["failover_held"] = held.at.Sub(t0).Seconds()
+	fig["failover_trigger"] = tr.at.Sub(t0).Seconds()
+	ts, _ := f.rec.snapshot()
+	fig["failover_missed"] = slotGap(ts)
+	return nil
+}
+
+// slotGap is how many slots of the 1 s job fell between the last one app
+// "a" received and the first one app "b" received: slots nobody fired
+// (negative when b fired slots a had fired too).
+func slotGap(ts []trigger) float64 {
+	var lastA, firstB time.Time
+	for _, t := range ts {
+		if t.app == "a" && t.slot.After(lastA) {
+			lastA = t.slot
+		}
+		if t.app == "b" && (firstB.IsZero() || t.slot.Before(firstB)) {
+			firstB = t.slot
+		}
+	}
+	return firstB.Sub(lastA).Seconds() - 1
+}
+
+// scale runs one leader with nJobs jobs (each every period seconds,
+// spread over the seconds) and nStandby standbys, and measures over dur.
+func (e *env) scale(ctx context.Context, impl string, nJobs, nStandby, period int, dur time.Duration, fig figures) error {
+	f := e.newFleet(impl, "scale")
+	defer f.close()
+	ctx, cancel := context.WithTimeoutCause(ctx, dur+120*time.Second, errors.New("scale scenario timed out"))
+	defer cancel()
+	jobs := map[string]string{}
+	for i := range nJobs {
+		jobs[fmt.Sprintf("s%04d", i)] = fmt.Sprintf("%d/%d * * * * *", i%period, period)
+	}
+	a, err := f.add("a", jobs)
+	if err != nil {
+		return err
+	}
+	if _, err := f.awaitHolder(ctx); err != nil {
+		return err
+	}
+	var standbys []*member
+	for i := range nStandby {
+		m, err := f.add(fmt.Sprintf("b%02d", i), jobs)
+		if err != nil {
+			return err
+		}
+		standbys = append(standbys, m)
+	}
+	if _, err := f.awaitTrigger(ctx, "a", time.Time{}); err != nil {
+		return err
+	}
+	if err := f.awaitStandby(ctx, standbys...); err != nil {
+		return err
+	}
+	p := time.Duration(period) * time.Second
+	start := time.Now().Truncate(p).Add(p)
+	end := start.Add(dur)
+	if err := sleepUntil(ctx, start); err != nil {
+		return err
+	}
+	ua, err := readUsage(a.p.cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	ca := a.px.counts()
+	cs := make([]counts, len(standbys))
+	for i, m := range standbys {
+		cs[i] = m.px.counts()
+	}
+	if err := sleepUntil(ctx, end.Add(time.Second)); err != nil {
+		return err
+	}
+	el := time.Since(start)
+	ua2, err := readUsage(a.p.cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	var rss, load []float64
+	var total int64
+	for i, m := range standbys {
+		u, err := readUsage(m.p.cmd.Process.Pid)
+		if err != nil {
+			return err
+		}
+		rss = append(rss, float64(u.rssKB)/1024)
+		d := m.px.counts().sub(cs[i])
+		load = append(load, perMin(d.total, el))
+		total += d.total
+	}
+	dl := a.px.counts().sub(ca).total
+	fig["scale_rss_leader"] = float64(ua2.rssKB) / 1024
+	fig["scale_cpu_leader"] = float64(ua2.ticks-ua.ticks) / clockTicks / el.Seconds() * 100
+	fig["scale_rss_standby"] = median(rss)
+	fig["scale_load_leader"] = perMin(dl, el)
+	fig["scale_load_standby"] = median(load)
+	fig["scale_load_total"] = perMin(dl+total, el)
+	ts, _ := f.rec.snapshot()
+	if err := delays(ts, start, end, nJobs*int(dur/time.Second)/period, fig, "scale_"); err != nil {
+		return fmt.Errorf("%s scale: %w%s", impl, err, f.diag())
+	}
+	return nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return math.NaN()
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// calibrate measures Consul itself, to explain the figures above: the
+// round trip of one KV write transaction (like a slot claim) straight to
+// the agent and through a counting proxy, and how long a burst of n
+// concurrent ones takes to complete (n slots due in the same second).
+func (e *env) calibrate(ctx context.Context, n int, fig figures) error {
+	px, err := startProxy(e.agent.addr, e.tr)
+	if err != nil {
+		return err
+	}
+	defer px.close()
+	direct, err := pooledClient(e.agent.addr)
+	if err != nil {
+		return err
+	}
+	proxied, err := pooledClient(px.addr)
+	if err != nil {
+		return err
+	}
+	write := func(c *api.Client, key string) (time.Duration, error) {
+		start := time.Now()
+		ok, _, _, err := c.Txn().Txn(api.TxnOps{{KV: &api.KVTxnOp{Verb: api.KVSet, Key: key, Value: []byte(start.String())}}},
+			(&api.QueryOptions{}).WithContext(ctx))
+		if err == nil && !ok {
+			err = errors.New("transaction rolled back")
+		}
+		return time.Since(start), err
+	}
+	for name, c := range map[string]*api.Client{"cal_direct": direct, "cal_proxy": proxied} {
+		var ds []float64
+		for i := range 200 {
+			d, err := write(c, fmt.Sprintf("bench/calibrate/%s/%d", name, i%10))
+			if err != nil {
+				return fmt.Errorf("calibrate: %w", err)
+			}
+			ds = append(ds, ms(d))
+		}
+		fig[name] = median(ds)
+	}
+	start := time.Now()
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() { defer wg.Done(); _, errs[i] = write(direct, fmt.Sprintf("bench/calibrate/burst/%d", i)) }()
+	}
+	wg.Wait()
+	fig["cal_burst"] = ms(time.Since(start))
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("calibrate burst: %w", err)
+	}
+	return nil
+}
+
+func pooledClient(addr string) (*api.Client, error) {
+	cfg := api.DefaultConfig()
+	cfg.Address, cfg.Token, cfg.TokenFile = addr, "", ""
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("consul client: %w", err)
+	}
+	return c, nil
+}
