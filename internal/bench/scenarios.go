@@ -81,7 +81,8 @@ func (f *fleet) add(name string, jobs map[string]string) (*member, error) {
 	base := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "CONSUL_HTTP_ADDR=" + px.addr}
 	id := f.impl + "-" + name
 	if f.impl == implLC {
-		ports, err := consultest.FreePorts(1)
+		var ports []int
+		ports, err = consultest.FreePorts(1)
 		if err != nil {
 			m.close()
 			return nil, err
