@@ -7,4 +7,6 @@
 // lock over; SIGKILL on the leader lets a standby take over only after the
 // lock-delay; no slot is ever triggered twice; bad configuration exits 2
 // and a drain that times out exits 3 without releasing the lock.
+// GET /metrics agrees with Consul (the fencing token is the lock key's
+// ModifyIndex) and with what the apps received.
 package e2e

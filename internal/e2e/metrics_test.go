@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"math"
 	"net/http"
 	"syscall"
 	"testing"
@@ -249,5 +250,33 @@ func waitFiredMatches(t *testing.T, h *history, s *sidecar, above int) int {
 			t.Fatalf("slots_total{tick,fired} %d never matched the app's %d above %d within 10s", fired, app, above)
 		}
 		time.Sleep(100 * time.Millisecond) // polling another process
+	}
+}
+
+// TestMetricsStandalone scrapes a sidecar in standalone mode: it always
+// leads, its lease never ends, and it counts what its app received.
+func TestMetricsStandalone(t *testing.T) {
+	h := newHistory()
+	app := startApp(t, "app", h, nil, "", 0)
+	s := startSidecar(t, "solo", map[string]string{
+		"LEADERCRON_LOCK":     "none",
+		"LEADERCRON_APP_URL":  app.srv.URL,
+		"LEADERCRON_JOB_TICK": "* * * * * *",
+	})
+	h.waitFor(t, 10*time.Second, "a tick trigger", func(evs []event) bool { return countTicks(evs, "") >= 1 })
+	sc := scrapeMetrics(t, s)
+	if v := sc.value(t, "leadercron_is_leader", nil); v != 1 {
+		t.Errorf("standalone is_leader %v, want 1", v)
+	}
+	if v := sc.value(t, "leadercron_lease_remaining_seconds", nil); !math.IsInf(v, 1) {
+		t.Errorf("standalone lease_remaining_seconds %v, want +Inf", v)
+	}
+	if v := sc.value(t, "leadercron_fencing_token", nil); v <= 0 {
+		t.Errorf("standalone fencing_token %v, want > 0", v)
+	}
+	waitFiredMatches(t, h, s, 0)
+	s.signal(t, syscall.SIGTERM)
+	if code := s.wait(t, 10*time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM, want 0", code)
 	}
 }
