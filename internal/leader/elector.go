@@ -13,13 +13,15 @@ import (
 
 // Options configures an Elector.
 type Options struct {
-	Key         string        // the lock key, <prefix>/leader
-	JobsPrefix  string        // folder of per-job state, <prefix>/jobs/
-	ID          string        // this sidecar's identity, stored in the key and in claims
-	Value       []byte        // stored in the lock key while held
-	SessionName string        // shown in Consul's session list
-	TTL         time.Duration // session TTL
-	LockDelay   time.Duration // session lock-delay
+	Key        string // the lock key, <prefix>/leader
+	JobsPrefix string // folder of per-job state, <prefix>/jobs/
+	// RequestsPrefix is the folder of run-now requests, <prefix>/requests/.
+	RequestsPrefix string
+	ID             string        // this sidecar's identity, stored in the key and in claims
+	Value          []byte        // stored in the lock key while held
+	SessionName    string        // shown in Consul's session list
+	TTL            time.Duration // session TTL
+	LockDelay      time.Duration // session lock-delay
 
 	// WaitTime bounds one blocking query; keep it under any load
 	// balancer's idle timeout. Default 30s.

@@ -22,15 +22,16 @@ const (
 
 func options(id string) leader.Options {
 	return leader.Options{
-		Key:           "leadercron/test/leader",
-		JobsPrefix:    "leadercron/test/jobs/",
-		ID:            id,
-		Value:         []byte(id),
-		SessionName:   "leadercron test " + id,
-		TTL:           ttl,
-		LockDelay:     lockDelay,
-		WaitTime:      10 * time.Second,
-		RetryInterval: 100 * time.Millisecond,
+		Key:            "leadercron/test/leader",
+		JobsPrefix:     "leadercron/test/jobs/",
+		RequestsPrefix: "leadercron/test/requests/",
+		ID:             id,
+		Value:          []byte(id),
+		SessionName:    "leadercron test " + id,
+		TTL:            ttl,
+		LockDelay:      lockDelay,
+		WaitTime:       10 * time.Second,
+		RetryInterval:  100 * time.Millisecond,
 	}
 }
 
@@ -242,9 +243,9 @@ func TestClaims(t *testing.T) {
 		{"next slot", slot.Add(time.Minute), true},
 	}
 	for _, s := range steps {
-		got, err := term.Claim(ctx, "report", s.slot)
-		if err != nil || got != s.want {
-			t.Fatalf("%s: Claim = %v, %v; want %v, nil", s.name, got, err, s.want)
+		got, paused, err := term.Claim(ctx, "report", s.slot)
+		if err != nil || got != s.want || paused {
+			t.Fatalf("%s: Claim = %v, paused %v, %v; want %v, not paused, nil", s.name, got, paused, err, s.want)
 		}
 	}
 	if last, err := term.LastSlot(ctx, "report"); err != nil || !last.Equal(slot.Add(time.Minute)) {
@@ -261,18 +262,52 @@ func TestClaims(t *testing.T) {
 	if _, err := c.KV().Put(pair, nil); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := term.Claim(ctx, "report", slot.Add(2*time.Minute)); err != nil || got {
+	if got, _, err := term.Claim(ctx, "report", slot.Add(2*time.Minute)); err != nil || got {
 		t.Fatalf("claim behind a later record = %v, %v; want false, nil", got, err)
 	}
-	if got, err := term.Claim(ctx, "report", slot.Add(6*time.Minute)); err != nil || !got {
+	if got, _, err := term.Claim(ctx, "report", slot.Add(6*time.Minute)); err != nil || !got {
 		t.Fatalf("claim after a later record = %v, %v; want true, nil", got, err)
+	}
+
+	// A pause flag is read in the claim's transaction: the slot is spent
+	// and reported paused. A flag of a job whose name extends this one's
+	// does not count.
+	if _, err := c.KV().Put(&api.KVPair{Key: "leadercron/test/jobs/report-2/paused", Value: []byte(`{}`)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, paused, err := term.Claim(ctx, "report", slot.Add(7*time.Minute)); err != nil || !got || paused {
+		t.Fatalf("claim with another job paused = %v, paused %v, %v; want true, not paused", got, paused, err)
+	}
+	if _, err := c.KV().Put(&api.KVPair{Key: "leadercron/test/jobs/report/paused", Value: []byte(`{}`)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, paused, err := term.Claim(ctx, "report", slot.Add(8*time.Minute)); err != nil || !got || !paused {
+		t.Fatalf("claim while paused = %v, paused %v, %v; want true, paused", got, paused, err)
+	}
+
+	// A run request is taken once, and only at the index it was written.
+	if _, err := c.KV().Put(&api.KVPair{Key: "leadercron/test/requests/report", Value: []byte(`{}`)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	req, _, err := c.KV().Get("leadercron/test/requests/report", nil)
+	if err != nil || req == nil {
+		t.Fatalf("read request: %v", err)
+	}
+	if took, err := term.TakeRequest(ctx, "report", req.ModifyIndex-1); err != nil || took {
+		t.Fatalf("TakeRequest at a stale index = %v, %v; want false, nil", took, err)
+	}
+	if took, err := term.TakeRequest(ctx, "report", req.ModifyIndex); err != nil || !took {
+		t.Fatalf("TakeRequest = %v, %v; want true, nil", took, err)
+	}
+	if took, err := term.TakeRequest(ctx, "report", req.ModifyIndex); err != nil || took {
+		t.Fatalf("TakeRequest again = %v, %v; want false, nil", took, err)
 	}
 
 	// A session that no longer holds the lock cannot claim.
 	if _, err := c.Session().Destroy(holder(t, c, options("a").Key), nil); err != nil {
 		t.Fatal(err)
 	}
-	got, err := term.Claim(ctx, "other-job", slot)
+	got, _, err := term.Claim(ctx, "other-job", slot)
 	if got || !errors.Is(err, leader.ErrNotLeader) {
 		t.Fatalf("claim without the lock = %v, %v; want false, ErrNotLeader", got, err)
 	}

@@ -41,20 +41,31 @@ func (t *Term) LastSlot(ctx context.Context, job string) (time.Time, error) {
 	return t.store.last(ctx, job)
 }
 
-// Claim claims slot for job. It returns true only if this call moved the
-// job's last claimed slot from an earlier slot to slot, under this term's
-// lock. It returns false with a nil error when slot (or a later one) was
-// already claimed, and ErrNotLeader when the session lost the lock. Any
-// other error means the outcome is unknown; the slot must then not be
-// triggered (a retry of Claim is safe).
-func (t *Term) Claim(ctx context.Context, job string, slot time.Time) (bool, error) {
+// Claim claims slot for job. won is true only if this call moved the job's
+// last claimed slot from an earlier slot to slot, under this term's lock;
+// paused then reports whether the job was paused (its pause flag read in
+// the same transaction), in which case the slot is spent and must not be
+// triggered. Claim returns won=false with a nil error when slot (or a later
+// one) was already claimed, and ErrNotLeader when the session lost the
+// lock. Any other error means the outcome is unknown; the slot must then
+// not be triggered (a retry of Claim is safe).
+func (t *Term) Claim(ctx context.Context, job string, slot time.Time) (won, paused bool, err error) {
 	return t.store.claim(ctx, job, slot.UTC(), t.token)
+}
+
+// TakeRequest consumes job's run-now request, written at index, under this
+// term's lock. It returns true for exactly one caller fleet-wide; false
+// with a nil error means the request is gone (taken, or withdrawn) or was
+// rewritten since index.
+func (t *Term) TakeRequest(ctx context.Context, job string, index uint64) (bool, error) {
+	return t.store.take(ctx, job, index)
 }
 
 // slotStore keeps each job's last claimed slot.
 type slotStore interface {
 	last(ctx context.Context, job string) (time.Time, error)
-	claim(ctx context.Context, job string, slot time.Time, token uint64) (bool, error)
+	claim(ctx context.Context, job string, slot time.Time, token uint64) (won, paused bool, err error)
+	take(ctx context.Context, job string, index uint64) (bool, error)
 }
 
 // claimRecord is the JSON value of <prefix>/jobs/<job>/last.
@@ -112,42 +123,45 @@ func (c *consulSlots) last(ctx context.Context, job string) (time.Time, error) {
 	return st.slot, err
 }
 
-func (c *consulSlots) claim(ctx context.Context, job string, slot time.Time, token uint64) (bool, error) {
+func (c *consulSlots) claim(ctx context.Context, job string, slot time.Time, token uint64) (won, paused bool, err error) {
 	c.mu.Lock()
 	st, ok := c.known[job]
 	c.mu.Unlock()
 	if !ok {
-		var err error
 		if st, err = c.read(ctx, job); err != nil {
-			return false, err
+			return false, false, err
 		}
 	}
 	// Two rounds at most: the second after a CAS miss re-read the record.
 	for range 2 {
 		if !st.slot.Before(slot) {
-			return false, nil
+			return false, false, nil
 		}
-		won, err := c.txn(ctx, job, slot, token, st.index)
+		won, paused, err := c.txn(ctx, job, slot, token, st.index)
 		if err != nil || won {
-			return won, err
+			return won, paused, err
 		}
 		if st, err = c.read(ctx, job); err != nil {
-			return false, err
+			return false, false, err
 		}
 	}
-	return false, nil
+	return false, false, nil
 }
 
-// txn runs [check-session on the lock key, cas on the job's record]. won
-// reports success; a failed CAS returns won=false and a nil error.
-func (c *consulSlots) txn(ctx context.Context, job string, slot time.Time, token, index uint64) (bool, error) {
+// txn runs [check-session on the lock key, cas on the job's record,
+// get-tree of the job's folder]. won reports success, paused whether the
+// folder holds a pause flag; a failed CAS returns won=false and a nil
+// error.
+func (c *consulSlots) txn(ctx context.Context, job string, slot time.Time, token, index uint64) (won, paused bool, err error) {
 	value, err := json.Marshal(claimRecord{Slot: slot, FencingToken: token, ID: c.e.opts.ID, ClaimedAt: time.Now().UTC()})
 	if err != nil {
-		return false, fmt.Errorf("claim %s@%s: encode: %w", job, slot.Format(time.RFC3339), err)
+		return false, false, fmt.Errorf("claim %s@%s: encode: %w", job, slot.Format(time.RFC3339), err)
 	}
+	folder := c.e.opts.JobsPrefix + job + "/"
 	ops := api.TxnOps{
 		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: c.e.opts.Key, Session: c.sess.id}},
 		{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: c.key(job), Value: value, Index: index}},
+		{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: folder}},
 	}
 	rctx, cancel := context.WithTimeout(ctx, c.e.opts.requestTimeout())
 	defer cancel()
@@ -157,12 +171,17 @@ func (c *consulSlots) txn(ctx context.Context, job string, slot time.Time, token
 		delete(c.known, job) // the write may or may not have happened
 		c.mu.Unlock()
 		c.e.opts.Metrics.ConsulError("claim")
-		return false, fmt.Errorf("claim %s@%s: %w", job, slot.Format(time.RFC3339), err)
+		return false, false, fmt.Errorf("claim %s@%s: %w", job, slot.Format(time.RFC3339), err)
 	}
 	if ok {
 		st := claimState{slot: slot}
 		if len(resp.Results) > 1 && resp.Results[1].KV != nil {
 			st.index = resp.Results[1].KV.ModifyIndex
+		}
+		for _, r := range resp.Results[min(2, len(resp.Results)):] {
+			if r.KV != nil && r.KV.Key == folder+"paused" {
+				paused = true
+			}
 		}
 		c.mu.Lock()
 		if st.index != 0 {
@@ -171,6 +190,33 @@ func (c *consulSlots) txn(ctx context.Context, job string, slot time.Time, token
 			delete(c.known, job)
 		}
 		c.mu.Unlock()
+		return true, paused, nil
+	}
+	for _, te := range resp.Errors {
+		if te.OpIndex == 0 {
+			c.sess.lose(ErrNotLeader)
+			return false, false, ErrNotLeader
+		}
+	}
+	return false, false, nil
+}
+
+func (c *consulSlots) take(ctx context.Context, job string, index uint64) (bool, error) {
+	ops := api.TxnOps{
+		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: c.e.opts.Key, Session: c.sess.id}},
+		// delete-cas alone succeeds on a missing key: check-index
+		// fails unless the request is there, at index.
+		{KV: &api.KVTxnOp{Verb: api.KVCheckIndex, Key: c.e.opts.RequestsPrefix + job, Index: index}},
+		{KV: &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: c.e.opts.RequestsPrefix + job, Index: index}},
+	}
+	rctx, cancel := context.WithTimeout(ctx, c.e.opts.requestTimeout())
+	defer cancel()
+	ok, resp, _, err := c.e.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(rctx))
+	if err != nil {
+		c.e.opts.Metrics.ConsulError("take_request")
+		return false, fmt.Errorf("take run request of %s: %w", job, err)
+	}
+	if ok {
 		return true, nil
 	}
 	for _, te := range resp.Errors {
@@ -215,12 +261,16 @@ func (m *memorySlots) last(_ context.Context, job string) (time.Time, error) {
 	return m.slots[job], nil
 }
 
-func (m *memorySlots) claim(_ context.Context, job string, slot time.Time, _ uint64) (bool, error) {
+func (m *memorySlots) claim(_ context.Context, job string, slot time.Time, _ uint64) (won, paused bool, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if !m.slots[job].Before(slot) {
-		return false, nil
+		return false, false, nil
 	}
 	m.slots[job] = slot
-	return true, nil
+	return true, false, nil
 }
+
+// take is never called in standalone mode: there are no run requests
+// without Consul.
+func (m *memorySlots) take(context.Context, string, uint64) (bool, error) { return false, nil }

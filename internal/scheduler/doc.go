@@ -9,18 +9,32 @@
 // that the peer already claimed.
 //
 // Guarantees: a slot is triggered only after the Term claimed it, and only
-// while the Term's lease outlives a margin, checked both before the claim
-// and before the trigger is sent; each trigger carries an absolute deadline
-// of slot-fire time plus the job's timeout. Lead returns promptly when its
-// context ends; triggers already sent finish on their own deadline and Wait
-// waits for them.
+// while the Term's lease outlives a margin, checked before the claim, before
+// the first send and before every retry; each trigger carries an absolute
+// deadline of dispatch time plus the job's timeout. Lead returns promptly
+// when its context ends; runs already sent finish on their own deadline
+// and Wait waits for them. Every slot the scheduler looks at gets one fate,
+// reported to the Recorder: fired or failed (as the app answered, with the
+// attempts made), skipped (overlap, group, paused) or missed (no_leader,
+// overslept, lease_short, claim_failed, leadership_ended).
 //
-// After a late wake-up (a stall, a suspended host, a clock jump) only the
-// latest overdue slot fires, once; the overslept ones are logged as missed
-// instead of being fired in a burst.
+// Catch-up: only the latest due slot ever fires, once, and only if it is
+// late by no more than the job's catch-up window (a second when catch-up
+// is off). This covers a new leader after a leaderless gap (the last claim
+// in Consul tells what was missed) and a leader that woke late (a stall, a
+// suspended host, a clock jump); older slots are recorded as missed rather
+// than fired in a burst.
 //
-// Not guaranteed: that a slot fires. A slot whose claim fails, or whose
-// lease runs short, is recorded as missed; slots that fell due while no
-// sidecar led are not fired late (catch-up is a later feature). Two runs of
-// one job may overlap when a run outlasts the interval between slots.
+// Overlap and groups: with overlap forbidden (the default) a slot whose
+// job still has a run in flight from this sidecar is skipped; a run never
+// starts while another job of its group runs from this sidecar, and waits
+// for the group until its deadline. Retries: a failure the App marks
+// retryable is sent again after the job's backoff, doubling, while the
+// deadline leaves room and the lease lasts; the slot and idempotency key
+// stay the same, the attempt number grows.
+//
+// Not guaranteed: that a slot fires (a claim that fails, or a lease that
+// runs short, leaves it missed); overlap and group exclusion across
+// sidecars (a run from a previous leader that crashed is invisible here;
+// the app's 409 covers it); that retries happen after leadership ends.
 package scheduler

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"sync"
 	"time"
@@ -21,6 +22,20 @@ type Job struct {
 	Schedule Schedule
 	Location *time.Location
 	Timeout  time.Duration
+
+	// AllowOverlap lets a slot fire while the job's previous run is
+	// still in flight; by default such a slot is skipped (overlap).
+	AllowOverlap bool
+	// Group names the jobs that never run at the same time; a slot that
+	// finds its group busy waits for it until its deadline.
+	Group string
+	// Catchup is how late a slot may still fire: one that fell due while
+	// no sidecar led, or while this one stalled. Zero turns catch-up off.
+	Catchup time.Duration
+	// Retries is how many times a failed trigger (a connection error or a
+	// 5xx) is sent again, after Backoff, doubling, within its deadline.
+	Retries int
+	Backoff time.Duration
 }
 
 // Term is the leadership the scheduler works under.
@@ -28,7 +43,9 @@ type Term interface {
 	Token() uint64
 	Remaining() time.Duration
 	LastSlot(ctx context.Context, job string) (time.Time, error)
-	Claim(ctx context.Context, job string, slot time.Time) (bool, error)
+	// Claim claims a slot; paused reports that the job is paused, in
+	// which case the slot is spent without a trigger.
+	Claim(ctx context.Context, job string, slot time.Time) (won, paused bool, err error)
 }
 
 // Run is one trigger of a slot.
@@ -37,6 +54,8 @@ type Run struct {
 	Slot         time.Time
 	FencingToken uint64
 	Deadline     time.Time
+	Attempt      int  // 1 for the first send, 2 for the first retry, ...
+	RunNow       bool // a run-now request, not a scheduled slot
 }
 
 // Result is what became of a run, as the app answered it.
@@ -45,11 +64,22 @@ type Result struct {
 	Status   int
 	Duration time.Duration
 	Err      error
+	// Retryable reports a failure worth sending again: the app could not
+	// be reached, or answered 5xx. A run that timed out is not: the app
+	// may still be running it.
+	Retryable bool
 }
 
 // App triggers runs in the co-located app.
 type App interface {
 	Trigger(ctx context.Context, r Run) Result
+}
+
+// Recorder keeps each slot's fate beyond this process (the history in
+// Consul KV). Record is called once per slot, from many goroutines, and
+// must not block.
+type Recorder interface {
+	Record(job string, r LastRun)
 }
 
 // Clock is the scheduler's view of time; tests inject a fake one.
@@ -67,10 +97,25 @@ func (SystemClock) Now() time.Time { return time.Now() }
 // After returns time.After(d).
 func (SystemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
-// Outcome names for slots that never reached the app.
+// Outcomes of slots that did not reach the app, and the reasons recorded
+// with them (fired and failed come from the App).
 const (
-	OutcomeMissed = "missed"
+	OutcomeSkipped = "skipped"
+	OutcomeMissed  = "missed"
+
+	ReasonOverlap   = "overlap"   // skipped: the job's previous run was still in flight
+	ReasonGroup     = "group"     // skipped: its group stayed busy until the deadline
+	ReasonPaused    = "paused"    // skipped: the job is paused fleet-wide
+	ReasonNoLeader  = "no_leader" // missed: fell due while no sidecar led, not caught up
+	ReasonOverslept = "overslept" // missed: this leader woke too late for it
+	ReasonLease     = "lease_short"
+	ReasonClaim     = "claim_failed"
+	ReasonEnded     = "leadership_ended" // missed: leadership ended while it waited
 )
+
+// onTimeGrace is how late a slot may fire for a job without catch-up: a
+// wake-up a little after the slot is not a missed slot.
+const onTimeGrace = time.Second
 
 // Observer is told of every slot's fate and of every trigger; the metrics
 // implement it. Calls come from many goroutines and must not block.
@@ -94,6 +139,8 @@ func (nopObserver) TriggerDone(string, time.Duration) {}
 type Options struct {
 	// Observer, if set, is told of slots and triggers.
 	Observer Observer
+	// Recorder, if set, keeps every slot's fate.
+	Recorder Recorder
 	// LeaseMargin is the least lease that must remain to claim a slot and
 	// to send its trigger.
 	LeaseMargin time.Duration
@@ -104,31 +151,40 @@ type Options struct {
 
 // Scheduler fires jobs' slots under a Term.
 type Scheduler struct {
-	jobs  []Job
-	app   App
-	clock Clock
-	log   hclog.Logger
-	opts  Options
+	jobs   []Job
+	byName map[string]Job
+	app    App
+	clock  Clock
+	log    hclog.Logger
+	opts   Options
+	groups map[string]chan struct{} // one token per group
 
 	mu       sync.Mutex
-	inflight int           // triggers sent and not yet answered
+	inflight int           // runs dispatched and not yet finished
 	idle     chan struct{} // closed when inflight drops to 0
 	state    map[string]*jobState
 	leader   bool
 }
 
 type jobState struct {
-	next time.Time
-	last *LastRun
+	next    time.Time
+	running int // runs of this job in flight
+	last    *LastRun
 }
 
-// LastRun is the most recent slot's fate as this sidecar saw it.
+// LastRun is a slot's fate as this sidecar saw it.
 type LastRun struct {
-	Slot     time.Time
-	Outcome  string
-	Reason   string // for missed slots
-	Status   int
-	Duration time.Duration
+	Slot         time.Time
+	Outcome      string
+	Reason       string // for skipped and missed slots
+	Status       int
+	Duration     time.Duration
+	Attempts     int
+	FencingToken uint64
+	RunNow       bool
+	// Until, for a range of missed slots recorded at once, is the last
+	// slot of the range; Slot is the first.
+	Until time.Time
 }
 
 // New returns a Scheduler for jobs.
@@ -140,17 +196,23 @@ func New(jobs []Job, app App, clock Clock, log hclog.Logger, opts Options) *Sche
 		opts.ClaimRetry = 100 * time.Millisecond
 	}
 	st := make(map[string]*jobState, len(jobs))
+	byName := make(map[string]Job, len(jobs))
+	groups := map[string]chan struct{}{}
 	for i, j := range jobs {
 		st[j.Name] = &jobState{}
 		if j.Location == nil {
 			jobs[i].Location = time.UTC
 		}
+		if j.Group != "" && groups[j.Group] == nil {
+			groups[j.Group] = make(chan struct{}, 1)
+		}
+		byName[j.Name] = jobs[i]
 	}
-	return &Scheduler{jobs: jobs, app: app, clock: clock, log: log, opts: opts, state: st}
+	return &Scheduler{jobs: jobs, byName: byName, app: app, clock: clock, log: log, opts: opts, state: st, groups: groups}
 }
 
 // Lead fires slots under term until ctx ends, then returns without waiting
-// for triggers in flight (see Wait).
+// for runs in flight (see Wait).
 func (s *Scheduler) Lead(ctx context.Context, term Term) {
 	s.setLeader(true)
 	defer s.setLeader(false)
@@ -165,8 +227,26 @@ func (s *Scheduler) Lead(ctx context.Context, term Term) {
 	wg.Wait()
 }
 
-// Wait waits until every trigger sent so far has finished, or ctx ends; it
-// reports whether they all finished.
+// RunNow fires job once, outside its schedule, under term: the caller has
+// taken a run-now request (exactly once fleet-wide). requested is the
+// request's time; it is sent as the run's slot. Overlap and group rules
+// apply as to any slot. It returns an error only for an unknown job.
+func (s *Scheduler) RunNow(ctx context.Context, term Term, job string, requested time.Time) error {
+	j, ok := s.byName[job]
+	if !ok {
+		return fmt.Errorf("run now: unknown job %q", job)
+	}
+	log := s.log.With("job", j.Name, "fencing_token", term.Token(), "run_now", true)
+	if term.Remaining() < s.opts.LeaseMargin {
+		s.finish(log, j, LastRun{Slot: requested, Outcome: OutcomeMissed, Reason: ReasonLease, RunNow: true, FencingToken: term.Token()})
+		return nil
+	}
+	s.dispatch(ctx, term, log, j, requested, true)
+	return nil
+}
+
+// Wait waits until every run dispatched so far has finished, or ctx ends;
+// it reports whether they all finished.
 func (s *Scheduler) Wait(ctx context.Context) bool {
 	s.mu.Lock()
 	if s.inflight == 0 {
@@ -189,25 +269,38 @@ func (s *Scheduler) runJob(ctx context.Context, term Term, j Job) {
 	if !ok {
 		return
 	}
-	from := s.clock.Now()
-	if last.After(from) {
+	now := s.clock.Now()
+	from := now
+	reason := ReasonOverslept
+	switch {
+	case last.After(now):
 		// A peer whose clock runs ahead of ours claimed slots we have
 		// not reached: never go back behind them.
 		from = last
+	case !last.IsZero():
+		from = s.catchUpFrom(log, j, last, now)
+		reason = ReasonNoLeader
 	}
 	for ctx.Err() == nil {
 		slot := j.Schedule.Next(from.In(j.Location))
+		if slot.IsZero() {
+			return // a schedule that never fires again
+		}
 		s.setNext(j.Name, slot)
 		if !s.sleepUntil(ctx, slot) {
 			return
 		}
-		slot = s.latestDue(log, j, slot)
+		slot, ok = s.latestDue(log, j, slot, reason, term.Token())
+		reason = ReasonOverslept
 		from = slot
-		if rem := term.Remaining(); rem < s.opts.LeaseMargin {
-			s.missed(log, j, slot, "lease_short")
+		if !ok {
 			continue
 		}
-		won, done := s.claim(ctx, term, j, slot, log)
+		if rem := term.Remaining(); rem < s.opts.LeaseMargin {
+			s.finish(log, j, LastRun{Slot: slot, Outcome: OutcomeMissed, Reason: ReasonLease, FencingToken: term.Token()})
+			continue
+		}
+		won, paused, done := s.claim(ctx, term, j, slot, log)
 		if done {
 			return
 		}
@@ -219,37 +312,73 @@ func (s *Scheduler) runJob(ctx context.Context, term Term, j Job) {
 			}
 			continue
 		}
+		if paused {
+			s.finish(log, j, LastRun{Slot: slot, Outcome: OutcomeSkipped, Reason: ReasonPaused, FencingToken: term.Token()})
+			continue
+		}
 		if rem := term.Remaining(); rem < s.opts.LeaseMargin {
 			// The slot is spent (at most once), but this leader may no
 			// longer act on it.
-			s.missed(log, j, slot, "lease_short")
+			s.finish(log, j, LastRun{Slot: slot, Outcome: OutcomeMissed, Reason: ReasonLease, FencingToken: term.Token()})
 			continue
 		}
-		s.fire(log, j, Run{Job: j.Name, Slot: slot, FencingToken: term.Token(), Deadline: s.clock.Now().Add(j.Timeout)})
+		s.dispatch(ctx, term, log, j, slot, false)
 	}
+}
+
+// catchUpFrom is where a new term starts looking for j's slots, given the
+// last slot claimed fleet-wide. Slots after last that are already due fell
+// due while no sidecar led: the ones older than the catch-up window are
+// recorded as missed here; the loop then fires the latest one inside the
+// window, late, and records any others inside it as missed.
+func (s *Scheduler) catchUpFrom(log hclog.Logger, j Job, last, now time.Time) time.Time {
+	first := j.Schedule.Next(last.In(j.Location))
+	if first.IsZero() || first.After(now) {
+		return now // nothing fell due since the last claim
+	}
+	from := now.Add(-j.Catchup)
+	if from.Before(last) {
+		from = last
+	}
+	if !first.After(from) {
+		// Slots from first up to the window's start are out of reach.
+		// Their exact count is not computed: a per-second job left for
+		// days would take millions of steps.
+		lr := LastRun{Slot: first, Outcome: OutcomeMissed, Reason: ReasonNoLeader}
+		if j.Catchup > 0 {
+			lr.Until = from
+		}
+		log.Warn("slots missed while no sidecar led", "outcome", OutcomeMissed, "reason", ReasonNoLeader,
+			"first", slotString(first), "catchup", j.Catchup, "last_claimed", slotString(last))
+		s.finish(log, j, lr)
+	}
+	if j.Catchup == 0 {
+		return now
+	}
+	return from
 }
 
 // claim claims slot, retrying an unknown outcome while the lease lasts and
 // the next slot is not yet due. done reports that leadership is over.
-func (s *Scheduler) claim(ctx context.Context, term Term, j Job, slot time.Time, log hclog.Logger) (won, done bool) {
+func (s *Scheduler) claim(ctx context.Context, term Term, j Job, slot time.Time, log hclog.Logger) (won, paused, done bool) {
 	wait := s.opts.ClaimRetry
 	nextSlot := j.Schedule.Next(slot.In(j.Location))
 	for {
-		won, err := term.Claim(ctx, j.Name, slot)
+		won, paused, err := term.Claim(ctx, j.Name, slot)
 		if err == nil {
-			return won, false
+			return won, paused, false
 		}
 		if ctx.Err() != nil {
-			return false, true
+			return false, false, true
 		}
 		log.Warn("claim slot failed", "slot", slotString(slot), "error", err)
 		if term.Remaining() < s.opts.LeaseMargin || !s.clock.Now().Add(wait).Before(nextSlot) {
-			s.missed(log, j, slot, "claim_failed")
-			return false, false
+			s.finish(log, j, LastRun{Slot: slot, Outcome: OutcomeMissed, Reason: ReasonClaim, FencingToken: term.Token()})
+			return false, false, false
 		}
 		select {
 		case <-ctx.Done():
-			return false, true
+			return false, false, true
 		case <-s.clock.After(wait):
 		}
 		wait = min(2*wait, time.Second)
@@ -292,67 +421,166 @@ func (s *Scheduler) sleepUntil(ctx context.Context, t time.Time) bool {
 	}
 }
 
-// latestDue returns the latest slot that is due now, starting from slot.
-// After a late wake-up (a stall, a suspended host, a clock jump) only the
-// latest overdue slot fires, once; the ones before it are recorded as
-// missed rather than fired in a burst.
-func (s *Scheduler) latestDue(log hclog.Logger, j Job, slot time.Time) time.Time {
+// latestDue returns the latest slot that is due now, starting from slot,
+// and whether it may still fire: it may if it is late by no more than the
+// job's catch-up window (or a second, without catch-up). Only the latest
+// due slot ever fires, once; the ones before it are recorded as missed,
+// with reason, rather than fired in a burst.
+func (s *Scheduler) latestDue(log hclog.Logger, j Job, slot time.Time, reason string, token uint64) (time.Time, bool) {
 	now := s.clock.Now()
 	skipped := 0
-	first := slot
+	first, prev := slot, slot
 	for {
 		next := j.Schedule.Next(slot.In(j.Location))
 		if next.IsZero() || next.After(now) {
 			break
 		}
-		slot = next
+		prev, slot = slot, next
 		skipped++
 	}
-	if skipped > 0 {
-		log.Warn("slots skipped after a late wake-up", "outcome", OutcomeMissed, "reason", "overslept",
-			"count", skipped, "first", slotString(first), "firing", slotString(slot))
+	late := now.Sub(slot)
+	fire := late <= max(j.Catchup, onTimeGrace)
+	if skipped > 0 || !fire {
+		lr := LastRun{Slot: first, Outcome: OutcomeMissed, Reason: reason, FencingToken: token}
+		firing := slotString(slot)
+		if fire {
+			lr.Until = prev
+		} else {
+			lr.Until = slot
+			firing = "none"
+		}
+		if lr.Until.Equal(lr.Slot) {
+			lr.Until = time.Time{}
+		}
+		log.Warn("slots missed", "outcome", OutcomeMissed, "reason", reason, "count", skipped+boolInt(!fire),
+			"first", slotString(first), "firing", firing, "late", late.Round(time.Millisecond), "catchup", j.Catchup)
+		s.finish(log, j, lr)
 	}
-	return slot
+	return slot, fire
 }
 
-func (s *Scheduler) fire(log hclog.Logger, j Job, r Run) {
+// dispatch starts one run of j for slot, unless the job's previous run is
+// in flight and overlap is forbidden.
+func (s *Scheduler) dispatch(ctx context.Context, term Term, log hclog.Logger, j Job, slot time.Time, runNow bool) {
 	s.mu.Lock()
+	st := s.state[j.Name]
+	if !j.AllowOverlap && st.running > 0 {
+		s.mu.Unlock()
+		s.finish(log, j, LastRun{Slot: slot, Outcome: OutcomeSkipped, Reason: ReasonOverlap, RunNow: runNow, FencingToken: term.Token()})
+		return
+	}
+	st.running++
 	if s.inflight == 0 {
 		s.idle = make(chan struct{})
 	}
 	s.inflight++
 	s.mu.Unlock()
-	log.Debug("trigger sent", "slot", slotString(r.Slot), "deadline", r.Deadline.UTC())
+	r := Run{Job: j.Name, Slot: slot, FencingToken: term.Token(), Deadline: s.clock.Now().Add(j.Timeout), RunNow: runNow}
+	log.Debug("run dispatched", "slot", slotString(slot), "deadline", r.Deadline.UTC())
 	go func() {
 		defer func() {
 			s.mu.Lock()
+			st.running--
 			s.inflight--
 			if s.inflight == 0 {
 				close(s.idle)
 			}
 			s.mu.Unlock()
 		}()
-		// The trigger is not tied to the leadership's context: it ends
-		// by its own deadline, so a shutdown waits for it instead of
-		// cutting the app's run in half.
-		s.opts.Observer.TriggerSent(j.Name, s.clock.Now().Sub(r.Slot))
-		res := s.app.Trigger(context.Background(), r)
-		s.opts.Observer.TriggerDone(j.Name, res.Duration)
-		s.opts.Observer.SlotDone(j.Name, res.Outcome, "")
-		s.record(j.Name, LastRun{Slot: r.Slot, Outcome: res.Outcome, Status: res.Status, Duration: res.Duration})
-		fields := []any{"slot", slotString(r.Slot), "outcome", res.Outcome, "http_status", res.Status, "duration", res.Duration.Round(time.Millisecond)}
-		if res.Err != nil {
-			log.Warn("trigger finished", append(fields, "error", res.Err)...)
-			return
-		}
-		log.Info("trigger finished", fields...)
+		s.finish(log, j, s.run(ctx, term, log, j, r))
 	}()
 }
 
-func (s *Scheduler) missed(log hclog.Logger, j Job, slot time.Time, reason string) {
-	log.Warn("slot missed", "slot", slotString(slot), "outcome", OutcomeMissed, "reason", reason)
-	s.record(j.Name, LastRun{Slot: slot, Outcome: OutcomeMissed, Reason: reason})
-	s.opts.Observer.SlotDone(j.Name, OutcomeMissed, reason)
+// run waits for j's group, then sends r, retrying as the job allows. The
+// requests are not tied to ctx (the leadership): a trigger ends by its own
+// deadline, so a shutdown waits for it instead of cutting the app's run in
+// half. Waiting for the group or for a retry ends with the leadership.
+func (s *Scheduler) run(ctx context.Context, term Term, log hclog.Logger, j Job, r Run) LastRun {
+	lr := LastRun{Slot: r.Slot, RunNow: r.RunNow, FencingToken: r.FencingToken}
+	if sem := s.groups[j.Group]; sem != nil {
+		select {
+		case sem <- struct{}{}:
+		default:
+			log.Info("waiting for the job's group", "group", j.Group, "slot", slotString(r.Slot))
+			select {
+			case sem <- struct{}{}:
+			case <-s.clock.After(r.Deadline.Sub(s.clock.Now())):
+				lr.Outcome, lr.Reason = OutcomeSkipped, ReasonGroup
+				return lr
+			case <-ctx.Done():
+				lr.Outcome, lr.Reason = OutcomeMissed, ReasonEnded
+				return lr
+			}
+		}
+		defer func() { <-sem }()
+	}
+	for attempt := 1; ; attempt++ {
+		if term.Remaining() < s.opts.LeaseMargin {
+			// Only a leader with time to spare sends anything; a
+			// retry after the lease ran short keeps the last answer.
+			if attempt == 1 {
+				lr.Outcome, lr.Reason = OutcomeMissed, ReasonLease
+			}
+			return lr
+		}
+		r.Attempt = attempt
+		s.opts.Observer.TriggerSent(j.Name, s.clock.Now().Sub(r.Slot))
+		res := s.app.Trigger(context.Background(), r)
+		s.opts.Observer.TriggerDone(j.Name, res.Duration)
+		lr.Outcome, lr.Status, lr.Duration, lr.Attempts = res.Outcome, res.Status, res.Duration, attempt
+		lr.Reason = ""
+		if res.Outcome == OutcomeSkipped {
+			lr.Reason = ReasonOverlap // the app says the job already runs
+		}
+		if !res.Retryable || attempt > j.Retries {
+			if res.Err != nil {
+				log.Warn("trigger failed", "slot", slotString(r.Slot), "attempt", attempt, "http_status", res.Status, "error", res.Err)
+			}
+			return lr
+		}
+		wait := j.Backoff << (attempt - 1)
+		if !s.clock.Now().Add(wait).Before(r.Deadline) {
+			log.Warn("trigger failed, no time left to retry", "slot", slotString(r.Slot), "attempt", attempt, "http_status", res.Status, "error", res.Err)
+			return lr
+		}
+		log.Warn("trigger failed, retrying", "slot", slotString(r.Slot), "attempt", attempt, "http_status", res.Status, "backoff", wait, "error", res.Err)
+		select {
+		case <-ctx.Done():
+			return lr
+		case <-s.clock.After(wait):
+		}
+	}
+}
+
+// finish records a slot's fate: in Status, in the log, for the Observer
+// and for the Recorder.
+func (s *Scheduler) finish(log hclog.Logger, j Job, lr LastRun) {
+	s.record(j.Name, lr)
+	s.opts.Observer.SlotDone(j.Name, lr.Outcome, lr.Reason)
+	if s.opts.Recorder != nil {
+		s.opts.Recorder.Record(j.Name, lr)
+	}
+	fields := []any{"slot", slotString(lr.Slot), "outcome", lr.Outcome}
+	if lr.Reason != "" {
+		fields = append(fields, "reason", lr.Reason)
+	}
+	if lr.Attempts > 0 {
+		fields = append(fields, "http_status", lr.Status, "duration", lr.Duration.Round(time.Millisecond), "attempts", lr.Attempts)
+	}
+	if lr.RunNow {
+		fields = append(fields, "run_now", true)
+	}
+	switch lr.Outcome {
+	case OutcomeMissed:
+		// logged where the slots were found missed, with more detail
+		if lr.Reason == ReasonLease || lr.Reason == ReasonClaim || lr.Reason == ReasonEnded {
+			log.Warn("slot missed", fields...)
+		}
+	case OutcomeSkipped:
+		log.Info("slot skipped", fields...)
+	default:
+		log.Info("slot finished", fields...)
+	}
 }
 
 func (s *Scheduler) record(job string, r LastRun) {
@@ -382,6 +610,7 @@ type JobStatus struct {
 	Spec     string
 	Location string
 	NextSlot time.Time // the slot this sidecar would fire next
+	Running  int       // runs of the job in flight from this sidecar
 	Last     *LastRun
 }
 
@@ -397,7 +626,7 @@ func (s *Scheduler) Status() []JobStatus {
 		if !s.leader || next.IsZero() {
 			next = j.Schedule.Next(now.In(j.Location))
 		}
-		js := JobStatus{Name: j.Name, Spec: j.Spec, Location: j.Location.String(), NextSlot: next}
+		js := JobStatus{Name: j.Name, Spec: j.Spec, Location: j.Location.String(), NextSlot: next, Running: st.running}
 		if st.last != nil {
 			l := *st.last
 			js.Last = &l
@@ -409,3 +638,10 @@ func (s *Scheduler) Status() []JobStatus {
 }
 
 func slotString(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -56,6 +56,7 @@ type fakeTerm struct {
 	token        uint64
 	remaining    time.Duration
 	last         map[string]time.Time
+	paused       map[string]bool
 	claimErrs    int // the next claimErrs Claim calls fail with errClaim
 	lastSlotErrs int // the next lastSlotErrs LastSlot calls fail with errLastSlot
 	claims       []claimCall
@@ -70,7 +71,7 @@ var (
 )
 
 func newFakeTerm(token uint64) *fakeTerm {
-	return &fakeTerm{token: token, remaining: time.Hour, last: map[string]time.Time{}}
+	return &fakeTerm{token: token, remaining: time.Hour, last: map[string]time.Time{}, paused: map[string]bool{}}
 }
 
 func (f *fakeTerm) Token() uint64 {
@@ -99,7 +100,7 @@ func (f *fakeTerm) LastSlot(ctx context.Context, job string) (time.Time, error) 
 	return f.last[job], nil
 }
 
-func (f *fakeTerm) Claim(ctx context.Context, job string, slot time.Time) (bool, error) {
+func (f *fakeTerm) Claim(ctx context.Context, job string, slot time.Time) (won, paused bool, err error) {
 	f.mu.Lock()
 	c := claimCall{job: job, slot: slot}
 	switch {
@@ -118,7 +119,19 @@ func (f *fakeTerm) Claim(ctx context.Context, job string, slot time.Time) (bool,
 	if hook != nil {
 		hook(c)
 	}
-	return c.won, c.err
+	return c.won, c.won && f.isPaused(job), c.err
+}
+
+func (f *fakeTerm) isPaused(job string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.paused[job]
+}
+
+func (f *fakeTerm) setPaused(job string, v bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.paused[job] = v
 }
 
 func (f *fakeTerm) setRemaining(d time.Duration) {
@@ -344,6 +357,7 @@ func job(name string, period time.Duration) Job {
 		Schedule: every(period),
 		Location: time.UTC,
 		Timeout:  30 * time.Second,
+		Catchup:  time.Minute, // config's default
 	}
 }
 
@@ -447,7 +461,7 @@ func TestStartsAfterStoredLastSlot(t *testing.T) {
 		first        time.Time
 	}{
 		{"none stored", time.Time{}, 0, at(10 * sec)},
-		{"stored behind clock", at(-100 * sec), 0, at(10 * sec)},
+		{"stored at the clock", at(0), 0, at(10 * sec)},
 		{"stored ahead on a slot", at(40 * sec), 0, at(50 * sec)},
 		{"stored ahead between slots", at(45 * sec), 0, at(50 * sec)},
 		{"stored ahead after read errors", at(45 * sec), 2, at(50 * sec)},
@@ -782,6 +796,7 @@ func TestStatus(t *testing.T) {
 	alpha := job("alpha", 5*sec)
 	alpha.Location = plus2
 	mid := job("mid", 10*sec)
+	mid.AllowOverlap = true
 	h := newHarness(t, []Job{zeta, alpha, mid}, Options{LeaseMargin: 5 * sec})
 	h.app.setResult("alpha", Result{Outcome: "ok", Status: 204, Duration: 1500 * time.Millisecond})
 	h.app.setResult("zeta", Result{Outcome: "failed", Status: 500, Duration: 2 * sec, Err: errors.New("boom")})
@@ -887,7 +902,9 @@ func TestStatus(t *testing.T) {
 // another job's slots.
 func TestJobsRunIndependently(t *testing.T) {
 	const sec = time.Second
-	h := newHarness(t, []Job{job("a", 10*sec), job("b", 5*sec)}, Options{LeaseMargin: 5 * sec})
+	a := job("a", 10*sec)
+	a.AllowOverlap = true
+	h := newHarness(t, []Job{a, job("b", 5*sec)}, Options{LeaseMargin: 5 * sec})
 	h.app.holdJob("a")
 	h.lead()
 
