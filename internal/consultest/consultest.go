@@ -86,7 +86,7 @@ func Start(t testing.TB) *Agent {
 	bin := Require(t)
 	var lastErr error
 	for attempt := range 3 {
-		a, err := start(t, bin, attempt)
+		a, err := start(t, bin, attempt, agentOptions{})
 		if err == nil {
 			t.Cleanup(a.Stop)
 			return a
@@ -97,7 +97,7 @@ func Start(t testing.TB) *Agent {
 	return nil
 }
 
-func start(t testing.TB, bin string, attempt int) (*Agent, error) {
+func start(t testing.TB, bin string, attempt int, o agentOptions) (*Agent, error) {
 	ports, err := FreePorts(3)
 	if err != nil {
 		return nil, err
@@ -114,6 +114,7 @@ func start(t testing.TB, bin string, attempt int) (*Agent, error) {
 		"-hcl", `ui_config { enabled = false }`,
 		"-log-level", "warn",
 	}
+	args = append(args, o.args...)
 	a := &Agent{Addr: "127.0.0.1:" + strconv.Itoa(ports[0]), Node: node, out: &bytes.Buffer{}, exited: make(chan struct{})}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout = &lockedWriter{mu: &a.mu, w: a.out}
@@ -126,6 +127,9 @@ func start(t testing.TB, bin string, attempt int) (*Agent, error) {
 	go func() { _ = cmd.Wait(); close(a.exited) }()
 
 	client := Client(t, a.Addr)
+	if o.token != "" {
+		client.AddHeader("X-Consul-Token", o.token)
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		select {
