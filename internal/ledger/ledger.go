@@ -345,7 +345,8 @@ func (s *Store) decodeRequest(pair *api.KVPair) (Request, error) {
 
 // Requests lists the pending run-now requests, sorted by job. With a
 // waitIndex above zero it is a blocking query: it returns when P/requests/
-// changes after waitIndex, or after about RequestsWait. Pass the returned
+// changes after waitIndex, or after about RequestsWait (Consul adds up to
+// RequestsWait/16 of jitter, so ctx should allow more). Pass the returned
 // lastIndex to the next call; it is reset to 0 when Consul's index went
 // backwards (a restored snapshot), so the next call reads at once. A
 // request whose value does not decode is skipped and reported in the error
