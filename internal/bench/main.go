@@ -63,8 +63,8 @@ func run() int {
 		scaleJobs: 1000, scaleStandbys: 20, scalePeriod: 10, scaleDur: 30 * time.Second}
 	if *quick {
 		s = settings{runs: 1, ttl: 2 * time.Second, delay: time.Second,
-			delayJobs: 5, delayDur: 3 * time.Second, idleDur: 3 * time.Second,
-			scaleJobs: 50, scaleStandbys: 2, scalePeriod: 1, scaleDur: 2 * time.Second}
+			delayJobs: 5, delayDur: 2 * time.Second, idleDur: 2 * time.Second,
+			scaleJobs: 50, scaleStandbys: 2, scalePeriod: 1, scaleDur: time.Second}
 	}
 	if *runs > 0 {
 		s.runs = *runs
