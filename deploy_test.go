@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
@@ -159,8 +160,8 @@ func TestReleaseBuild(t *testing.T) {
 			"LEADERCRON_LISTEN":     listen,
 			"LEADERCRON_APP_URL":    "http://127.0.0.1:" + strconv.Itoa(ports[1]), // nothing listens: drain counts as done
 			"LEADERCRON_LOG_FORMAT": "text",
-			// With no job at all, a leader exits at once (see the report
-			// of 2026-11-22); a job that never comes due keeps it up.
+			// A leader with no job at all exits at once (as of 45d0445);
+			// a job that is never due keeps it running.
 			"LEADERCRON_JOB_NEVER": "0 0 1 1 *",
 		}
 		if out, code := run(t, bin, env, "healthcheck"); code != 1 {
@@ -618,4 +619,112 @@ func TestECSTaskDefinition(t *testing.T) {
 			t.Errorf("LEADERCRON_APP_URL port %s is not a containerPort of %s (%v)", port, app.Name, app.PortMappings)
 		}
 	})
+}
+
+// The Kubernetes and Nomad manifests are read with regular expressions:
+// a YAML or HCL library would be a new module dependency for two example
+// files. The expressions match the layout of the shipped files; if an edit
+// changes the layout, the test fails loudly rather than passing vacuously.
+
+func mustMatch(t *testing.T, file, text, expr string) []string {
+	t.Helper()
+	m := regexp.MustCompile(expr).FindStringSubmatch(text)
+	if m == nil {
+		t.Fatalf("%s: no match for %s", file, expr)
+	}
+	return m
+}
+
+// checkManifestEnv checks that every LEADERCRON_ variable in a manifest is
+// known and that together they load; it returns the loaded config.
+func checkManifestEnv(t *testing.T, file string, env map[string]string) config.Config {
+	t.Helper()
+	if len(env) < 3 {
+		t.Fatalf("%s: found only %d LEADERCRON_ variables: %v", file, len(env), env)
+	}
+	for name := range env {
+		if !config.IsKnown(name) {
+			t.Errorf("%s: %s is not a variable the sidecar reads", file, name)
+		}
+	}
+	cfg, err := config.Load(env, config.Defaults{ID: "placeholder"})
+	if err != nil {
+		t.Fatalf("%s: the sidecar's environment does not load:\n%v", file, err)
+	}
+	if cfg.Lock != config.LockConsul {
+		t.Errorf("%s: LEADERCRON_LOCK=%s, a fleet needs consul", file, cfg.Lock)
+	}
+	if host, _, _ := net.SplitHostPort(cfg.Listen); !net.ParseIP(host).IsLoopback() {
+		t.Errorf("%s: LEADERCRON_LISTEN=%s should stay on loopback", file, cfg.Listen)
+	}
+	return cfg
+}
+
+func TestKubernetesManifest(t *testing.T) {
+	const file = "examples/kubernetes/deployment.yaml"
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+
+	env := map[string]string{}
+	for _, m := range regexp.MustCompile(`(?m)^\s*- name: (LEADERCRON_\w+)(?:[^\n]*)\n\s*(value|valueFrom): (.*)$`).FindAllStringSubmatch(text, -1) {
+		v := strings.TrimSpace(m[3])
+		if m[2] == "valueFrom" {
+			v = "from-" + m[1]
+		}
+		env[m[1]] = strings.Trim(v, `"`)
+	}
+	cfg := checkManifestEnv(t, file, env)
+
+	sidecar := mustMatch(t, file, text, `(?s)initContainers:\n\s*- name: leadercron\n(.*?)\n\s*containers:`)[1]
+	if !regexp.MustCompile(`(?m)^\s*restartPolicy: Always\b`).MatchString(sidecar) {
+		t.Errorf("%s: the leadercron initContainer lacks restartPolicy: Always (a native sidecar)", file)
+	}
+	if !strings.Contains(sidecar, `["/leadercron", "healthcheck"]`) {
+		t.Errorf("%s: the sidecar's probes do not run /leadercron healthcheck", file)
+	}
+
+	grace, _ := strconv.Atoi(mustMatch(t, file, text, `terminationGracePeriodSeconds: (\d+)`)[1])
+	hook := mustMatch(t, file, text, `(?s)preStop:\n(.*?)\n\s*volumes:`)[1]
+	_, port, _ := net.SplitHostPort(cfg.Listen)
+	if !strings.Contains(hook, "http://127.0.0.1:"+port+"/handover") || !strings.Contains(hook, "method: 'POST'") {
+		t.Errorf("%s: the app's preStop hook does not POST to the sidecar's /handover on port %s:\n%s", file, port, hook)
+	}
+	hookMS, _ := strconv.Atoi(mustMatch(t, file, hook, `AbortSignal\.timeout\((\d+)\)`)[1])
+	hookTimeout := time.Duration(hookMS) * time.Millisecond
+	if hookTimeout <= cfg.DrainTimeout || hookTimeout >= time.Duration(grace)*time.Second {
+		t.Errorf("%s: the hook's timeout %s must lie between LEADERCRON_DRAIN_TIMEOUT %s and terminationGracePeriodSeconds %ds", file, hookTimeout, cfg.DrainTimeout, grace)
+	}
+	if min := cfg.DrainTimeout + 20*time.Second; time.Duration(grace)*time.Second < min {
+		t.Errorf("%s: terminationGracePeriodSeconds %d < LEADERCRON_DRAIN_TIMEOUT + 20s (%s): no time left for the app to exit", file, grace, min)
+	}
+}
+
+func TestNomadJob(t *testing.T) {
+	const file = "examples/nomad/orders-api.nomad.hcl"
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task := mustMatch(t, file, string(b), `(?s)\n\s*task "leadercron" \{\n(.*)$`)[1]
+	env := map[string]string{}
+	for _, m := range regexp.MustCompile(`(?m)^\s*(LEADERCRON_\w+)\s*=\s*"(.*)"\s*$`).FindAllStringSubmatch(task, -1) {
+		env[m[1]] = m[2]
+	}
+	cfg := checkManifestEnv(t, file, env)
+	if !regexp.MustCompile(`(?m)^\s*leader\s*=\s*true\s*$`).MatchString(task) {
+		t.Errorf("%s: the leadercron task is not leader = true, so Nomad would not stop it first", file)
+	}
+	if regexp.MustCompile(`(?m)^\s*lifecycle\s*\{`).MatchString(task) {
+		t.Errorf("%s: the leadercron task has a lifecycle block; lifecycle sidecars are stopped last", file)
+	}
+	kill, err := time.ParseDuration(mustMatch(t, file, task, `(?m)^\s*kill_timeout\s*=\s*"([^"]+)"`)[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kill < cfg.DrainTimeout+stopMargin {
+		t.Errorf("%s: kill_timeout %s < LEADERCRON_DRAIN_TIMEOUT %s + %s", file, kill, cfg.DrainTimeout, stopMargin)
+	}
 }

@@ -1,0 +1,130 @@
+# leadercron on Nomad (>= 1.4 for Nomad Variables; docker driver).
+# See docs/deploy.md for the time budget and README.md for the variables.
+#
+# SHUTDOWN ORDER RELIED ON
+#
+# Nomad stops a group's tasks in this order: after the group's
+# shutdown_delay, the task with leader = true; then the other main tasks;
+# then lifecycle sidecars. The leadercron task is the group's LEADER, so on
+# a stop, a deployment or a reschedule it gets its kill_signal (SIGTERM)
+# first, while the app still runs:
+#
+#   1. leadercron gets SIGTERM: it stops scheduling, waits for triggers in
+#      flight, polls the app's POST /drain until {"running": 0}, releases
+#      the lock (a standby in another allocation takes over within a
+#      second), destroys its session and exits 0.
+#   2. Only then does Nomad signal the app, which runs no jobs any more.
+#
+# leadercron must NOT be a lifecycle { hook = "prestart" sidecar = true }
+# task: sidecars are stopped LAST, after the app, so the drain would find
+# the app gone. Nomad has no preStop hook to make up for that.
+#
+# The other half of leader = true: if the leadercron task dies for good
+# (its restart attempts used up), Nomad stops the whole group, app
+# included. That is what the restart block below is for.
+#
+# kill_timeout is the time between SIGTERM and SIGKILL. Nomad silently caps
+# it at the client's max_kill_timeout (client { max_kill_timeout = ... },
+# default 30s), so raise that on the clients first when the drain needs
+# more than about 25 s.
+
+job "orders-api" {
+  type = "service"
+
+  group "api" {
+    count = 3
+
+    # Shared network namespace: the tasks reach each other on 127.0.0.1.
+    network {
+      mode = "bridge"
+      port "http" { to = 8080 }
+    }
+
+    task "app" {
+      driver = "docker"
+      config {
+        image = "registry.example.com/orders-api:1.0.0"
+        ports = ["http"]
+        readonly_rootfs = true
+      }
+      # The app's own shutdown after the drain; it runs no jobs by then.
+      kill_timeout = "15s"
+    }
+
+    task "leadercron" {
+      # Stopped first; see the header.
+      leader = true
+      driver = "docker"
+
+      config {
+        image           = "ghcr.io/leadercron/leadercron:0.1.0" # pin by digest in production
+        readonly_rootfs = true
+        cap_drop        = ["all"]
+        # The image's ENTRYPOINT runs the sidecar; it runs as 65532 (nonroot).
+      }
+
+      # LEADERCRON_DRAIN_TIMEOUT (45 s) + release and session destroy
+      # (< 1 s) + margin. Needs max_kill_timeout >= 60s on the clients.
+      kill_timeout = "60s"
+      kill_signal  = "SIGTERM"
+
+      restart {
+        attempts = 5
+        interval = "5m"
+        delay    = "5s"
+        mode     = "delay"
+      }
+
+      env {
+        LEADERCRON_SERVICE         = "orders-api"
+        LEADERCRON_ID              = "${NOMAD_ALLOC_ID}"
+        LEADERCRON_APP_URL         = "http://127.0.0.1:8080"
+        LEADERCRON_LISTEN          = "127.0.0.1:9090"
+        LEADERCRON_DRAIN_TIMEOUT   = "45s"
+        LEADERCRON_JOB_SEND_REPORT = "0 9 * * MON-FRI tz=Europe/Berlin timeout=5m"
+        LEADERCRON_JOB_SYNC_PRICES = "*/5 * * * *"
+        # Nomad clients usually run a Consul agent; reach it from the
+        # bridge network through the host's address.
+        CONSUL_HTTP_ADDR = "${attr.unique.network.ip-address}:8500"
+        GOMEMLIMIT       = "64MiB"
+      }
+
+      # The Consul token (a token with examples/consul/leadercron-policy.hcl
+      # only), from Nomad Variables, which a task can read under
+      # nomad/jobs/<job> without extra policy:
+      #   nomad var put nomad/jobs/orders-api consul_token=<secret id>
+      # The rendered file lives in the task's secrets dir, not in the image,
+      # and env = true turns it into environment variables. (With Nomad >= 1.7
+      # workload identities and a Consul auth method, the token can come from
+      # the task's identity instead; bind it to the same policy.)
+      template {
+        destination = "${NOMAD_SECRETS_DIR}/consul.env"
+        env         = true
+        change_mode = "restart"
+        data        = <<-EOT
+          {{ with nomadVar "nomad/jobs/orders-api" }}CONSUL_HTTP_TOKEN={{ .consul_token }}{{ end }}
+        EOT
+      }
+
+      # Nomad ignores the image's HEALTHCHECK. A script check runs the
+      # subcommand inside the container (the image has no shell).
+      service {
+        name     = "orders-api-leadercron"
+        provider = "consul"
+        check {
+          type     = "script"
+          name     = "leadercron healthz"
+          command  = "/leadercron"
+          args     = ["healthcheck"]
+          interval = "15s"
+          timeout  = "5s"
+        }
+      }
+
+      resources {
+        cpu    = 50
+        memory = 96
+      }
+    }
+  }
+}
