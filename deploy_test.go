@@ -671,10 +671,15 @@ func TestKubernetesManifest(t *testing.T) {
 	env := map[string]string{}
 	for _, m := range regexp.MustCompile(`(?m)^\s*- name: (LEADERCRON_\w+)(?:[^\n]*)\n\s*(value|valueFrom): (.*)$`).FindAllStringSubmatch(text, -1) {
 		v := strings.TrimSpace(m[3])
-		if m[2] == "valueFrom" {
+		switch {
+		case m[2] == "valueFrom":
 			v = "from-" + m[1]
+		case strings.HasPrefix(v, `"`):
+			v, _, _ = strings.Cut(v[1:], `"`)
+		default:
+			v, _, _ = strings.Cut(v, " #") // a YAML comment
 		}
-		env[m[1]] = strings.Trim(v, `"`)
+		env[m[1]] = strings.TrimSpace(v)
 	}
 	cfg := checkManifestEnv(t, file, env)
 

@@ -79,6 +79,9 @@ job "orders-api" {
         LEADERCRON_SERVICE         = "orders-api"
         LEADERCRON_ID              = "${NOMAD_ALLOC_ID}"
         LEADERCRON_APP_URL         = "http://127.0.0.1:8080"
+        # Nomad starts both tasks together: stay out of elections until
+        # the app answers its health URL.
+        LEADERCRON_APP_HEALTH_URL  = "http://127.0.0.1:8080/healthz"
         LEADERCRON_LISTEN          = "127.0.0.1:9090"
         LEADERCRON_DRAIN_TIMEOUT   = "45s"
         LEADERCRON_JOB_SEND_REPORT = "0 9 * * MON-FRI tz=Europe/Berlin timeout=5m"
