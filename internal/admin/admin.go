@@ -23,12 +23,21 @@ import (
 
 // Status is the body of GET /status.
 type Status struct {
-	ID               string      `json:"id"`
-	Service          string      `json:"service"`
-	Leader           bool        `json:"leader"`
-	FencingToken     uint64      `json:"fencing_token"`
-	LeaseRemainingMS int64       `json:"lease_remaining_ms"`
-	Jobs             []JobStatus `json:"jobs"`
+	ID               string `json:"id"`
+	Service          string `json:"service"`
+	Leader           bool   `json:"leader"`
+	FencingToken     uint64 `json:"fencing_token"`
+	LeaseRemainingMS int64  `json:"lease_remaining_ms"`
+	// Campaigning is false while this sidecar stays out of elections:
+	// after a handover, or while the app fails its health check.
+	Campaigning bool `json:"campaigning"`
+	// HandedOver is true once POST /handover ran: this sidecar will not
+	// lead again.
+	HandedOver bool `json:"handed_over"`
+	// AppHealthy is the app health gate's view; absent when the gate is
+	// off.
+	AppHealthy *bool       `json:"app_healthy,omitempty"`
+	Jobs       []JobStatus `json:"jobs"`
 }
 
 // JobStatus is one job in Status.
@@ -37,6 +46,7 @@ type JobStatus struct {
 	Schedule string    `json:"schedule"`
 	TZ       string    `json:"tz"`
 	NextSlot time.Time `json:"next_slot"`
+	Running  int       `json:"running"` // runs in flight from this sidecar
 	Last     *LastSlot `json:"last"`
 }
 

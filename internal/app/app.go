@@ -19,6 +19,7 @@ import (
 	"github.com/leadercron/leadercron/internal/config"
 	"github.com/leadercron/leadercron/internal/ecsmeta"
 	"github.com/leadercron/leadercron/internal/leader"
+	"github.com/leadercron/leadercron/internal/ledger"
 	"github.com/leadercron/leadercron/internal/metrics"
 )
 
@@ -165,21 +166,24 @@ func Run(ctx context.Context, cfg config.Config, consul *api.Client, log hclog.L
 		_ = ln.Close()
 		return err
 	}
-	s := newSidecar(cfg, log, m)
-
-	var elector interface {
-		Run(context.Context, func(context.Context, *leader.Term) error) error
+	var store *ledger.Store
+	if consul != nil {
+		store = ledger.New(consul, cfg.KVPrefix)
 	}
+	s := newSidecar(cfg, log, m, store)
+
+	var elector electorRunner
 	if consul != nil {
 		elector = leader.New(consul, leader.Options{
-			Key:         cfg.LockKey(),
-			JobsPrefix:  cfg.JobsPrefix(),
-			ID:          cfg.ID,
-			Value:       []byte(fmt.Sprintf(`{"id":%q,"service":%q}`, cfg.ID, cfg.Service)),
-			SessionName: "leadercron " + cfg.Service + " " + cfg.ID,
-			TTL:         cfg.SessionTTL,
-			LockDelay:   cfg.LockDelay,
-			Metrics:     m,
+			Key:            cfg.LockKey(),
+			JobsPrefix:     cfg.JobsPrefix(),
+			RequestsPrefix: cfg.KVPrefix + "/requests/",
+			ID:             cfg.ID,
+			Value:          []byte(fmt.Sprintf(`{"id":%q,"service":%q}`, cfg.ID, cfg.Service)),
+			SessionName:    "leadercron " + cfg.Service + " " + cfg.ID,
+			TTL:            cfg.SessionTTL,
+			LockDelay:      cfg.LockDelay,
+			Metrics:        m,
 		}, log.Named("leader"))
 	} else {
 		log.Warn("standalone mode: always leader, no fleet-wide guarantees", "lock", config.LockNone)
@@ -201,7 +205,7 @@ func Run(ctx context.Context, cfg config.Config, consul *api.Client, log hclog.L
 	served := make(chan struct{})
 	var serveErr error
 	go func() {
-		serveErr = admin.Serve(serveCtx, ln, admin.Handler(admin.Endpoints{Status: s.status, Metrics: m.Handler()}), log.Named("admin"))
+		serveErr = admin.Serve(serveCtx, ln, admin.Handler(admin.Endpoints{Status: s.status, Metrics: m.Handler(), Handover: s.handover}), log.Named("admin"))
 		close(served)
 	}()
 	go func() {
@@ -212,7 +216,15 @@ func Run(ctx context.Context, cfg config.Config, consul *api.Client, log hclog.L
 		}
 	}()
 
-	runErr := elector.Run(runCtx, s.lead)
+	if s.gate != nil {
+		gateCtx, stopGate := context.WithCancel(context.Background())
+		defer stopGate()
+		go s.gate.run(gateCtx)
+	}
+	runErr := s.campaign(runCtx, elector, s.gate)
+	if s.history != nil {
+		s.history.close(2 * time.Second)
+	}
 	stopServe()
 	<-served
 	if runErr != nil {

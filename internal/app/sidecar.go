@@ -14,6 +14,7 @@ import (
 	"github.com/leadercron/leadercron/internal/appclient"
 	"github.com/leadercron/leadercron/internal/config"
 	"github.com/leadercron/leadercron/internal/leader"
+	"github.com/leadercron/leadercron/internal/ledger"
 	"github.com/leadercron/leadercron/internal/metrics"
 	"github.com/leadercron/leadercron/internal/scheduler"
 )
@@ -26,26 +27,46 @@ type sidecar struct {
 	sched *scheduler.Scheduler
 	m     *metrics.Metrics
 
-	mu   sync.Mutex
-	term *leader.Term // nil while not leading
+	store   *ledger.Store  // nil in standalone mode
+	history *historyWriter // nil in standalone mode
+	gate    *healthGate    // nil without LEADERCRON_APP_HEALTH_URL
+
+	mu             sync.Mutex
+	term           *leader.Term // nil while not leading
+	cancelCampaign context.CancelCauseFunc
+	campaignDone   chan struct{}
+	campaignErr    error
+	handedOver     bool
+	unknownReqs    map[string]bool // run requests for jobs this sidecar does not know, logged once
 }
 
-func newSidecar(cfg config.Config, log hclog.Logger, m *metrics.Metrics) *sidecar {
+// newSidecar builds the sidecar; store is nil in standalone mode.
+func newSidecar(cfg config.Config, log hclog.Logger, m *metrics.Metrics, store *ledger.Store) *sidecar {
 	// No client-wide timeout: every trigger has its own deadline and
 	// every drain poll its own timeout.
 	app := appclient.New(cfg.AppURL, cfg.ID, &http.Client{})
 	jobs := make([]scheduler.Job, len(cfg.Jobs))
 	for i, j := range cfg.Jobs {
-		jobs[i] = scheduler.Job{Name: j.Name, Spec: j.Spec, Schedule: j.Schedule, Location: j.Location, Timeout: j.Timeout}
+		jobs[i] = scheduler.Job{Name: j.Name, Spec: j.Spec, Schedule: j.Schedule, Location: j.Location, Timeout: j.Timeout,
+			AllowOverlap: j.AllowOverlap, Group: j.Group, Catchup: j.Catchup, Retries: j.Retries, Backoff: j.Backoff}
 	}
-	sched := scheduler.New(jobs, triggerer{app}, scheduler.SystemClock{}, log.Named("scheduler"), scheduler.Options{
+	s := &sidecar{cfg: cfg, log: log, app: app, m: m, store: store, unknownReqs: map[string]bool{}}
+	opts := scheduler.Options{
 		// Renewals come every TTL/3 and the lease is TTL*4/5 long, so
 		// a healthy leader always has more than TTL/5 left; less means
 		// renewals are failing and the lease is about to end.
 		LeaseMargin: cfg.SessionTTL / 5,
 		Observer:    m,
-	})
-	return &sidecar{cfg: cfg, log: log, app: app, sched: sched, m: m}
+	}
+	if store != nil {
+		s.history = newHistoryWriter(store, cfg.ID, log.Named("history"))
+		opts.Recorder = s.history
+	}
+	if cfg.AppHealthURL != nil {
+		s.gate = newHealthGate(app, cfg, log.Named("health"))
+	}
+	s.sched = scheduler.New(jobs, triggerer{app}, scheduler.SystemClock{}, log.Named("scheduler"), opts)
+	return s
 }
 
 // lead is the elector's lead function: schedule until the context ends;
@@ -57,7 +78,13 @@ func (s *sidecar) lead(ctx context.Context, term *leader.Term) error {
 	defer s.setTerm(nil)
 	s.m.LeadershipStarted(term)
 	defer s.m.LeadershipEnded()
+	var watcher sync.WaitGroup
+	if s.store != nil {
+		watcher.Go(func() { s.watchRequests(ctx, term) })
+	}
 	s.sched.Lead(ctx, term)
+	// No run-now request may start after the drain began.
+	watcher.Wait()
 
 	cause := context.Cause(ctx)
 	if errors.Is(cause, leader.ErrLockLost) {
@@ -88,6 +115,63 @@ func (s *sidecar) lead(ctx context.Context, term *leader.Term) error {
 	return nil
 }
 
+// watchRequests fires the fleet's run-now requests (leadercron run <job>)
+// while leading: a blocking query on <prefix>/requests/, and for each
+// request a Txn that takes it under the lock, so it fires exactly once.
+func (s *sidecar) watchRequests(ctx context.Context, term *leader.Term) {
+	var index uint64
+	for ctx.Err() == nil {
+		reqs, next, err := s.store.Requests(ctx, index)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			s.m.ConsulError("watch_requests")
+			s.log.Warn("read run requests failed", "error", err)
+			if len(reqs) == 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(time.Second):
+				}
+				index = 0
+				continue
+			}
+		}
+		index = next
+		for _, r := range reqs {
+			if !s.knownJob(r.Job) {
+				continue
+			}
+			took, err := term.TakeRequest(ctx, r.Job, r.ModifyIndex)
+			if err != nil {
+				s.log.Warn("take run request failed", "job", r.Job, "request", r.ID, "error", err)
+				continue
+			}
+			if !took {
+				continue
+			}
+			s.log.Info("run request taken", "job", r.Job, "request", r.ID, "by", r.By, "requested_at", r.At.UTC())
+			_ = s.sched.RunNow(ctx, term, r.Job, r.At) // the job is known
+		}
+	}
+}
+
+func (s *sidecar) knownJob(job string) bool {
+	for _, j := range s.cfg.Jobs {
+		if j.Name == job {
+			return true
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.unknownReqs[job] {
+		s.unknownReqs[job] = true
+		s.log.Warn("run request for a job this sidecar does not have; left in place", "job", job)
+	}
+	return false
+}
+
 func (s *sidecar) setTerm(t *leader.Term) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -98,7 +182,13 @@ func (s *sidecar) status() admin.Status {
 	st := admin.Status{ID: s.cfg.ID, Service: s.cfg.Service, Jobs: []admin.JobStatus{}}
 	s.mu.Lock()
 	term := s.term
+	st.Campaigning = s.cancelCampaign != nil
+	st.HandedOver = s.handedOver
 	s.mu.Unlock()
+	if s.gate != nil {
+		ok, _ := s.gate.state()
+		st.AppHealthy = &ok
+	}
 	if term != nil {
 		if rem := term.Remaining(); rem > 0 {
 			st.Leader = true
@@ -109,7 +199,7 @@ func (s *sidecar) status() admin.Status {
 		}
 	}
 	for _, j := range s.sched.Status() {
-		js := admin.JobStatus{Name: j.Name, Schedule: j.Spec, TZ: j.Location, NextSlot: j.NextSlot.UTC()}
+		js := admin.JobStatus{Name: j.Name, Schedule: j.Spec, TZ: j.Location, NextSlot: j.NextSlot.UTC(), Running: j.Running}
 		if l := j.Last; l != nil {
 			js.Last = &admin.LastSlot{Slot: l.Slot.UTC(), Outcome: l.Outcome, Reason: l.Reason,
 				HTTPStatus: l.Status, DurationMS: l.Duration.Milliseconds()}
@@ -123,6 +213,18 @@ func (s *sidecar) status() admin.Status {
 type triggerer struct{ c *appclient.Client }
 
 func (t triggerer) Trigger(ctx context.Context, r scheduler.Run) scheduler.Result {
-	res := t.c.Trigger(ctx, appclient.Trigger{Job: r.Job, Slot: r.Slot, FencingToken: r.FencingToken, Deadline: r.Deadline, Attempt: 1})
-	return scheduler.Result{Outcome: res.Outcome, Status: res.Status, Duration: res.Duration, Err: res.Err}
+	res := t.c.Trigger(ctx, appclient.Trigger{Job: r.Job, Slot: r.Slot, FencingToken: r.FencingToken, Deadline: r.Deadline, Attempt: r.Attempt})
+	return scheduler.Result{Outcome: res.Outcome, Status: res.Status, Duration: res.Duration, Err: res.Err, Retryable: retryable(res)}
+}
+
+// retryable: the app could not be reached, or answered 5xx. A run that hit
+// its deadline is not retried: the app may still be running it.
+func retryable(res appclient.Result) bool {
+	if res.Err == nil || res.Outcome != appclient.OutcomeFailed {
+		return false
+	}
+	if res.Status >= 500 {
+		return true
+	}
+	return res.Status == 0 && !errors.Is(res.Err, context.DeadlineExceeded)
 }

@@ -215,3 +215,23 @@ func (c *Client) drainOnce(ctx context.Context) (int, error) {
 	}
 	return *v.Running, nil
 }
+
+// Healthy sends GET u (LEADERCRON_APP_HEALTH_URL) and returns nil if the
+// app answered 2xx before ctx ended.
+func (c *Client) Healthy(ctx context.Context, u *url.URL) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return fmt.Errorf("build health request: %w", err)
+	}
+	req.Header.Set("Leadercron-Id", c.id)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("get %s: %w", u.Redacted(), err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return fmt.Errorf("get %s: app answered %d", u.Redacted(), resp.StatusCode)
+	}
+	return nil
+}

@@ -53,6 +53,7 @@ type event struct {
 	Token   uint64
 	Session string // for "lock": the holder after the change ("" = free)
 	Held    string // for "drain": the lock holder when the app saw it
+	Attempt int    // for "trigger": the attempt number in the body
 }
 
 // history is the shared, ordered record of a test.
@@ -117,11 +118,15 @@ func filter(evs []event, kind string) []event {
 }
 
 // checkNoDuplicateSlots fails the test if any (job, slot) was triggered
-// twice, anywhere in the fleet.
+// twice, anywhere in the fleet. Retries (attempt 2 and up) resend a slot
+// by design and are not counted.
 func checkNoDuplicateSlots(t *testing.T, evs []event) {
 	t.Helper()
 	seen := map[string]event{}
 	for _, e := range filter(evs, "trigger") {
+		if e.Attempt > 1 {
+			continue
+		}
 		k := e.Job + "@" + e.Slot
 		if first, dup := seen[k]; dup {
 			t.Errorf("slot %s triggered twice: by %s (token %d) and by %s (token %d)", k, first.Sidecar, first.Token, e.Sidecar, e.Token)

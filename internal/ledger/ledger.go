@@ -48,7 +48,10 @@ type Entry struct {
 	FencingToken uint64    `json:"fencing_token"` // the leadership that recorded it
 	ID           string    `json:"id"`            // the sidecar that recorded it
 	RunNow       bool      `json:"run_now"`       // a run-now request, not a scheduled slot
-	At           time.Time `json:"at"`            // when it was recorded
+	// Until, for a range of missed slots recorded as one entry, is the
+	// end of the range; Slot is its first slot.
+	Until time.Time `json:"until,omitzero"`
+	At    time.Time `json:"at"` // when it was recorded
 }
 
 func (e Entry) same(o Entry) bool {

@@ -237,6 +237,11 @@ func (s *Scheduler) RunNow(ctx context.Context, term Term, job string, requested
 		return fmt.Errorf("run now: unknown job %q", job)
 	}
 	log := s.log.With("job", j.Name, "fencing_token", term.Token(), "run_now", true)
+	if ctx.Err() != nil {
+		// Taken just as leadership ended: it will not fire.
+		s.finish(log, j, LastRun{Slot: requested, Outcome: OutcomeMissed, Reason: ReasonEnded, RunNow: true, FencingToken: term.Token()})
+		return nil
+	}
 	if term.Remaining() < s.opts.LeaseMargin {
 		s.finish(log, j, LastRun{Slot: requested, Outcome: OutcomeMissed, Reason: ReasonLease, RunNow: true, FencingToken: term.Token()})
 		return nil
