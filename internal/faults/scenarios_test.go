@@ -1,0 +1,422 @@
+package faults
+
+import (
+	"fmt"
+	"net/http"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/leadercron/leadercron/internal/consultest"
+)
+
+// scenarioCount is how many scenarios share the soak time.
+const scenarioCount = 14
+
+// loop runs round at least once, and again while the soak lasts.
+func loop(round func(i int)) {
+	until := soakUntil(scenarioCount)
+	for i := 0; i == 0 || time.Now().Before(until); i++ {
+		round(i)
+	}
+}
+
+func TestKillLeader(t *testing.T) {
+	t.Parallel()
+	r := rng(t.Name())
+	f := newFleet(t, fleetOpts{})
+	_, from := f.warm()
+	var first time.Time
+	var excused []window
+	var worst time.Duration
+	loop(func(int) {
+		l := f.leader(2, time.Now(), 30*time.Second)
+		sleep(between(r, 0, time.Second))
+		id := f.procs[l].id
+		at := f.h.fault("SIGKILL " + id)
+		if first.IsZero() {
+			first = at
+		}
+		f.procs[l].signal(t, syscall.SIGKILL)
+		f.procs[l].wait(t, 5*time.Second)
+		excused = append(excused, window{at, at.Add(crashBound), "leader killed"})
+		evs := f.h.waitFor(t, crashBound+5*time.Second, "a trigger from a standby", triggersSince(at, 1, id))
+		took := lockTakeover(evs, at, id)
+		if took < lockDelay || took > crashBound {
+			t.Errorf("lock taken %s after the kill, want between the lock-delay %s and 2xTTL+lock-delay+1s = %s", took, lockDelay, crashBound)
+		}
+		worst = max(worst, took)
+		f.restart(l)
+	})
+	to := f.settle(time.Now(), 10, 30*time.Second)
+	finish(t, f.h, f.spec(from, to, first, excused...), fmt.Sprintf("lock taken over %s after SIGKILL (bound %s)", worst.Round(10*time.Millisecond), crashBound))
+}
+
+func TestSigtermDrainsLongJob(t *testing.T) {
+	t.Parallel()
+	r := rng(t.Name())
+	f := newFleet(t, fleetOpts{env: map[string]string{"LEADERCRON_JOB_LONG": "*/3 * * * * *"}})
+	const longFor = 2500 * time.Millisecond
+	for _, a := range f.apps {
+		a.set(func(a *recordingApp) { a.longJob, a.longFor = "long", longFor })
+	}
+	_, from := f.warm()
+	var first time.Time
+	var excused []window
+	var notes string
+	loop(func(int) {
+		// SIGTERM the leader just after its app started a long run.
+		since := time.Now()
+		evs := f.h.waitFor(t, 20*time.Second, "a long run", func(evs []event) bool {
+			for _, e := range evs {
+				if e.Kind == "trigger" && e.Job == "long" && e.At.After(since) {
+					return true
+				}
+			}
+			return false
+		})
+		var run event
+		for _, e := range evs {
+			if e.Kind == "trigger" && e.Job == "long" && e.At.After(since) {
+				run = e
+			}
+		}
+		l := int(run.Sidecar[0] - 'a')
+		sleep(between(r, 50*time.Millisecond, 800*time.Millisecond))
+		at := f.h.fault("SIGTERM " + run.Sidecar)
+		if first.IsZero() {
+			first = at
+		}
+		f.procs[l].signal(t, syscall.SIGTERM)
+		if code := f.procs[l].wait(t, 15*time.Second); code != 0 {
+			t.Errorf("leader exited %d after SIGTERM, want 0", code)
+		}
+		evs = f.h.waitFor(t, 10*time.Second, "a trigger from the new leader", triggersSince(at, 1, run.Sidecar))
+		var done, released, next time.Time
+		for _, e := range evs {
+			switch {
+			case e.Kind == "jobdone" && e.Slot.Equal(run.Slot) && e.Job == "long":
+				done = e.At
+			case e.Kind == "lock" && e.At.After(at) && e.Session == "" && released.IsZero():
+				released = e.At
+			case e.Kind == "trigger" && e.At.After(at) && e.Sidecar != run.Sidecar && next.IsZero():
+				next = e.At
+			}
+		}
+		switch {
+		case done.IsZero() || released.IsZero():
+			t.Errorf("long run's end (%v) or the lock's release (%v) not seen", done, released)
+		case released.Before(done):
+			t.Errorf("lock released at %s, before the long run ended at %s: drain did not wait", released.Format("15:04:05.000"), done.Format("15:04:05.000"))
+		case next.Before(done):
+			t.Errorf("new leader triggered at %s, while the old leader's long run still ran (until %s)", next.Format("15:04:05.000"), done.Format("15:04:05.000"))
+		}
+		// A graceful handover may lose only the slots due during the
+		// drain and the second after the release.
+		excused = append(excused, window{at, released.Add(time.Second), "graceful handover (drain)"})
+		notes = fmt.Sprintf("drain waited %s for the long run; release to the new leader's first trigger %s",
+			done.Sub(at).Round(10*time.Millisecond), next.Sub(released).Round(10*time.Millisecond))
+		f.restart(l)
+	})
+	to := f.settle(time.Now(), 10, 30*time.Second)
+	c := f.spec(from, to, first, excused...)
+	c.jobs = map[string]string{"tick": jobs["tick"], "every-two": jobs["every-two"], "long": "*/3 * * * * *"}
+	c.strict = true
+	finish(t, f.h, c, notes)
+}
+
+func TestSigstopLeader(t *testing.T) {
+	t.Parallel()
+	r := rng(t.Name())
+	f := newFleet(t, fleetOpts{})
+	_, from := f.warm()
+	var first time.Time
+	var excused []window
+	var note string
+	loop(func(int) {
+		l := f.leader(2, time.Now(), 30*time.Second)
+		sleep(between(r, 0, time.Second))
+		id := f.procs[l].id
+		pause := between(r, ttl+lockDelay+time.Second, ttl+lockDelay+3*time.Second)
+		at := f.h.fault(fmt.Sprintf("SIGSTOP %s for %s", id, pause.Round(time.Millisecond)))
+		if first.IsZero() {
+			first = at
+		}
+		f.procs[l].signal(t, syscall.SIGSTOP)
+		sleep(pause)
+		evs, _ := f.h.snapshot()
+		token := tokenOf(evs, id, at)
+		cont := f.h.fault("SIGCONT " + id)
+		f.procs[l].signal(t, syscall.SIGCONT)
+		excused = append(excused, window{at, at.Add(crashBound), "leader paused"})
+		f.h.waitFor(t, 10*time.Second, "triggers after the pause", triggersSince(cont, 3))
+		sleep(2 * time.Second)
+		evs, _ = f.h.snapshot()
+		for _, e := range evs {
+			if e.Kind == "trigger" && e.Sidecar == id && e.Token == token && e.At.After(cont) {
+				t.Errorf("stale leader %s fired %s@%s with token %d at %s, after SIGCONT", id, e.Job, e.Slot.Format("15:04:05"), token, e.At.Format("15:04:05.000"))
+			}
+		}
+		note = fmt.Sprintf("paused %s; lock taken over %s after SIGSTOP", pause.Round(10*time.Millisecond), lockTakeover(evs, at, id).Round(10*time.Millisecond))
+	})
+	to := f.settle(time.Now(), 10, 30*time.Second)
+	finish(t, f.h, f.spec(from, to, first, excused...), note)
+}
+
+// partition cuts the leader from Consul with cut, heals it with heal, and
+// checks that the cut-off leader stopped on its own lease.
+func partition(t *testing.T, f *fleet, r interface{ Int64N(int64) int64 }, what string, cut, heal func(i int)) {
+	t.Helper()
+	_, from := f.warm()
+	var first time.Time
+	var excused []window
+	var note string
+	loop(func(int) {
+		l := f.leader(2, time.Now(), 30*time.Second)
+		sleep(time.Duration(r.Int64N(int64(time.Second))))
+		id := f.procs[l].id
+		d := 6*time.Second + time.Duration(r.Int64N(int64(3*time.Second)))
+		at := f.h.fault(fmt.Sprintf("%s %s from Consul for %s", what, id, d.Round(time.Millisecond)))
+		if first.IsZero() {
+			first = at
+		}
+		cut(l)
+		sleep(d)
+		evs, _ := f.h.snapshot()
+		token := tokenOf(evs, id, at)
+		stopped := lastTrigger(evs, id, token)
+		f.h.fault("heal " + id)
+		heal(l)
+		excused = append(excused, window{at, at.Add(crashBound), "leader cut off"})
+		evs = f.h.waitFor(t, 15*time.Second, "triggers after healing", triggersSince(time.Now(), 3))
+		took := lockTakeover(evs, at, id)
+		lease := ttl - ttl/5
+		if stopped.Sub(at) > lease {
+			t.Errorf("cut-off leader %s triggered %s after the cut, past its lease (%s)", id, stopped.Sub(at), lease)
+		}
+		acted := "fired nothing after the cut (its claims need Consul)"
+		if stopped.After(at) {
+			acted = fmt.Sprintf("last fired %s after the cut", stopped.Sub(at).Round(10*time.Millisecond))
+		}
+		note = fmt.Sprintf("cut-off leader %s; a peer took the lock %s after the cut", acted, took.Round(10*time.Millisecond))
+	})
+	to := f.settle(time.Now(), 10, 30*time.Second)
+	finish(t, f.h, f.spec(from, to, first, excused...), note)
+}
+
+func TestPartitionBlackhole(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t, fleetOpts{route: blackhole})
+	partition(t, f, rng(t.Name()), "black-hole", func(i int) { f.proxies[i].Blackhole() }, func(i int) { f.proxies[i].Heal() })
+}
+
+func TestPartitionReset(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t, fleetOpts{route: faulty})
+	partition(t, f, rng(t.Name()), "reset-cut", func(i int) { f.faults[i].Cut() }, func(i int) { f.faults[i].Heal() })
+}
+
+func TestConsulErrors(t *testing.T) {
+	t.Parallel()
+	r := rng(t.Name())
+	f := newFleet(t, fleetOpts{route: faulty})
+	_, from := f.warm()
+	var first time.Time
+	var excused []window
+	loop(func(int) {
+		statuses := []int{http.StatusInternalServerError, http.StatusTooManyRequests, http.StatusServiceUnavailable}
+		r.Shuffle(len(statuses), func(i, j int) { statuses[i], statuses[j] = statuses[j], statuses[i] })
+		for _, st := range statuses {
+			d := between(r, 500*time.Millisecond, 4*time.Second)
+			at := f.h.fault(fmt.Sprintf("consul answers %d for %s", st, d.Round(time.Millisecond)))
+			if first.IsZero() {
+				first = at
+			}
+			for _, p := range f.faults {
+				p.Fail(st)
+			}
+			sleep(d)
+			for _, p := range f.faults {
+				p.Heal()
+			}
+			end := f.h.fault("consul healed")
+			excused = append(excused, window{at, end.Add(crashBound), fmt.Sprintf("consul answering %d", st)})
+			sleep(between(r, time.Second, 3*time.Second))
+		}
+	})
+	injected := 0
+	for _, p := range f.faults {
+		injected += p.Injected()
+	}
+	if injected == 0 {
+		t.Error("no request met an injected error: the fault did nothing")
+	}
+	to := f.settle(time.Now(), 10, 30*time.Second)
+	finish(t, f.h, f.spec(from, to, first, excused...), fmt.Sprintf("%d requests answered 500/429/503", injected))
+}
+
+func TestConsulLeaderKilled(t *testing.T) {
+	t.Parallel()
+	r := rng(t.Name())
+	// The sidecars talk to the two followers, so that killing the Raft
+	// leader is a Consul election and not the loss of their agent.
+	f := newFleet(t, fleetOpts{route: cluster, addrs: func(cl *consultest.Cluster, i int) string {
+		l := cl.WaitLeader(30 * time.Second)
+		var followers []string
+		for j, s := range cl.Servers {
+			if j != l {
+				followers = append(followers, s.Addr)
+			}
+		}
+		return followers[i%len(followers)]
+	}})
+	_, from := f.warm()
+	var first time.Time
+	var excused []window
+	var note string
+	loop(func(int) {
+		sleep(between(r, 0, 2*time.Second))
+		l := f.cl.WaitLeader(30 * time.Second)
+		at := f.h.fault(fmt.Sprintf("kill consul leader %d", l))
+		if first.IsZero() {
+			first = at
+		}
+		f.cl.Kill(l)
+		nl := f.cl.WaitLeader(30*time.Second, l)
+		elected := f.h.fault(fmt.Sprintf("consul leader %d elected", nl))
+		sleep(between(r, 2*time.Second, 5*time.Second))
+		f.cl.Restart(l)
+		f.cl.WaitReady(60 * time.Second)
+		ready := f.h.fault(fmt.Sprintf("consul server %d back", l))
+		excused = append(excused, window{at, elected.Add(crashBound), "consul election"})
+		f.h.waitFor(t, 20*time.Second, "triggers after the election", triggersSince(ready, 3))
+		note = fmt.Sprintf("consul election took %s", elected.Sub(at).Round(10*time.Millisecond))
+	})
+	to := f.settle(time.Now(), 10, 30*time.Second)
+	finish(t, f.h, f.spec(from, to, first, excused...), note)
+}
+
+func TestConsulFullRestart(t *testing.T) {
+	t.Parallel()
+	r := rng(t.Name())
+	f := newFleet(t, fleetOpts{route: cluster, addrs: func(cl *consultest.Cluster, i int) string { return cl.Servers[i].Addr }})
+	_, from := f.warm()
+	var first time.Time
+	var excused []window
+	var note string
+	loop(func(int) {
+		sleep(between(r, 0, 2*time.Second))
+		at := f.h.fault("kill all consul servers")
+		if first.IsZero() {
+			first = at
+		}
+		for i := range f.cl.Servers {
+			f.cl.Kill(i)
+		}
+		down := between(r, time.Second, 3*time.Second)
+		sleep(down)
+		for i := range f.cl.Servers {
+			f.cl.Restart(i)
+		}
+		f.cl.WaitReady(60 * time.Second)
+		ready := f.h.fault("consul cluster back")
+		excused = append(excused, window{at, ready.Add(crashBound), "consul down"})
+		f.h.waitFor(t, 30*time.Second, "triggers after the restart", triggersSince(ready, 3))
+		note = fmt.Sprintf("consul down %s, back after %s", down.Round(10*time.Millisecond), ready.Sub(at).Round(10*time.Millisecond))
+	})
+	to := f.settle(time.Now(), 10, 30*time.Second)
+	finish(t, f.h, f.spec(from, to, first, excused...), note)
+}
+
+func TestAppSlow(t *testing.T) {
+	t.Parallel()
+	r := rng(t.Name())
+	f := newFleet(t, fleetOpts{})
+	l, from := f.warm()
+	loop(func(int) {
+		d := between(r, 500*time.Millisecond, 3*time.Second)
+		f.h.fault(fmt.Sprintf("app-%s takes %s per run", f.procs[l].id, d.Round(time.Millisecond)))
+		f.apps[l].set(func(a *recordingApp) { a.delay = d })
+		sleep(6 * time.Second)
+		f.apps[l].set(func(a *recordingApp) { a.delay = 0 })
+		f.h.fault("app fast again")
+		l = f.leader(1, time.Now(), 10*time.Second)
+	})
+	to := f.settle(time.Now(), 10, 30*time.Second)
+	finish(t, f.h, f.spec(from, to, time.Time{}), "runs take 0.5-3 s; slots skipped by the overlap policy are recorded")
+}
+
+func TestAppErrors(t *testing.T) {
+	t.Parallel()
+	r := rng(t.Name())
+	f := newFleet(t, fleetOpts{})
+	l, from := f.warm()
+	loop(func(int) {
+		for _, st := range []int{http.StatusInternalServerError, http.StatusServiceUnavailable, http.StatusBadGateway} {
+			f.h.fault(fmt.Sprintf("app-%s answers %d", f.procs[l].id, st))
+			f.apps[l].set(func(a *recordingApp) { a.status = st })
+			sleep(between(r, time.Second, 3*time.Second))
+		}
+		f.apps[l].set(func(a *recordingApp) { a.status = 0 })
+		f.h.fault("app healthy again")
+		l = f.leader(1, time.Now(), 10*time.Second)
+	})
+	to := f.settle(time.Now(), 10, 30*time.Second)
+	finish(t, f.h, f.spec(from, to, time.Time{}), "failed runs are not retried: no slot twice")
+}
+
+func TestAppRefused(t *testing.T) {
+	t.Parallel()
+	r := rng(t.Name())
+	f := newFleet(t, fleetOpts{})
+	l, from := f.warm()
+	var excused []window
+	loop(func(int) {
+		d := between(r, 3*time.Second, 5*time.Second)
+		at := f.h.fault(fmt.Sprintf("app-%s down for %s", f.procs[l].id, d.Round(time.Millisecond)))
+		f.apps[l].down()
+		sleep(d)
+		f.apps[l].up(t)
+		up := f.h.fault("app up")
+		excused = append(excused, window{at, up, "app down"})
+		l = f.leader(2, up, 10*time.Second)
+	})
+	to := f.settle(time.Now(), 10, 30*time.Second)
+	finish(t, f.h, f.spec(from, to, time.Time{}, excused...), "slots while the app refused connections are lost, not retried")
+}
+
+func TestDrainNeverFinishes(t *testing.T) {
+	t.Parallel()
+	const drainTimeout = 2 * time.Second
+	f := newFleet(t, fleetOpts{env: map[string]string{"LEADERCRON_DRAIN_TIMEOUT": drainTimeout.String()}})
+	_, from := f.warm()
+	var first time.Time
+	var excused []window
+	var note string
+	loop(func(int) {
+		l := f.leader(2, time.Now(), 30*time.Second)
+		id := f.procs[l].id
+		f.apps[l].set(func(a *recordingApp) { a.stuck = true })
+		at := f.h.fault("SIGTERM " + id + " whose app never drains")
+		if first.IsZero() {
+			first = at
+		}
+		f.procs[l].signal(t, syscall.SIGTERM)
+		if code := f.procs[l].wait(t, drainTimeout+5*time.Second); code != 3 {
+			t.Errorf("leader exited %d after a drain timeout, want 3", code)
+		}
+		exited := f.h.fault(id + " exited")
+		bound := drainTimeout + crashBound
+		excused = append(excused, window{at, at.Add(bound), "drain timeout, lock left to expire"})
+		evs := f.h.waitFor(t, bound+5*time.Second, "a trigger from a standby", triggersSince(at, 1, id))
+		took := lockTakeover(evs, at, id)
+		if took < 0 || took < exited.Sub(at)+lockDelay || took > bound {
+			t.Errorf("lock taken %s after SIGTERM (exit after %s), want lock-delay after the exit and under %s", took, exited.Sub(at), bound)
+		}
+		note = fmt.Sprintf("exit 3 after %s; lock taken over %s after SIGTERM", exited.Sub(at).Round(10*time.Millisecond), took.Round(10*time.Millisecond))
+		f.apps[l].set(func(a *recordingApp) { a.stuck = false })
+		f.restart(l)
+	})
+	to := f.settle(time.Now(), 10, 30*time.Second)
+	finish(t, f.h, f.spec(from, to, first, excused...), note)
+}

@@ -1,0 +1,234 @@
+package faults
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/leadercron/leadercron/internal/consultest"
+	"github.com/leadercron/leadercron/internal/leader"
+	"github.com/leadercron/leadercron/internal/scheduler"
+)
+
+// skewedClock is the real clock shifted by a fixed offset: a host whose
+// wall clock is wrong. Durations are unaffected.
+type skewedClock struct{ offset time.Duration }
+
+func (c skewedClock) Now() time.Time                         { return time.Now().Add(c.offset) }
+func (c skewedClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// recorderApp is an in-process app: each trigger goes into the history.
+type recorderApp struct {
+	id string
+	h  *history
+}
+
+func (a recorderApp) Trigger(_ context.Context, r scheduler.Run) scheduler.Result {
+	a.h.add(event{Kind: "trigger", App: "app-" + a.id, Sidecar: a.id, Job: r.Job, Slot: r.Slot.UTC(), Token: r.FencingToken, Status: 204})
+	return scheduler.Result{Outcome: "fired", Status: 204}
+}
+
+// historyRecorder puts the slots a scheduler records as missed or skipped
+// into the history. A range with no end (missed while no sidecar led, no
+// catch-up) runs up to the recording sidecar's own clock.
+type historyRecorder struct {
+	id    string
+	h     *history
+	clock scheduler.Clock
+}
+
+func (r historyRecorder) Record(job string, lr scheduler.LastRun) {
+	if lr.Outcome != scheduler.OutcomeMissed && lr.Outcome != scheduler.OutcomeSkipped {
+		return
+	}
+	until := lr.Until
+	if until.IsZero() {
+		until = lr.Slot
+		if lr.Reason == scheduler.ReasonNoLeader {
+			until = r.clock.Now()
+		}
+	}
+	r.h.add(event{Kind: "record", Sidecar: r.id, Job: job, Slot: lr.Slot.UTC(), Until: until.UTC(), Note: lr.Outcome + " " + lr.Reason})
+}
+
+// instance is one in-process sidecar: an elector and a scheduler with a
+// skewed clock.
+type instance struct {
+	id     string
+	skew   time.Duration
+	el     *leader.Elector
+	sched  *scheduler.Scheduler
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func (in *instance) lead(ctx context.Context, term *leader.Term) error {
+	in.sched.Lead(ctx, term)
+	wctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	in.sched.Wait(wctx)
+	return nil
+}
+
+func (in *instance) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	in.cancel, in.done = cancel, make(chan error, 1)
+	go func() { in.done <- in.el.Run(ctx, in.lead) }()
+}
+
+func (in *instance) stop(t *testing.T) {
+	t.Helper()
+	in.cancel()
+	select {
+	case err := <-in.done:
+		if err != nil {
+			t.Errorf("elector %s: %v", in.id, err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("elector %s did not stop", in.id)
+	}
+}
+
+// TestClockSkew runs three in-process sidecars whose clocks are minutes
+// apart, both ways, against a real Consul, and hands the lock from one to
+// another in a seeded random order. Skew must never fire a slot twice, and
+// every slot between the first and the last one fired must have fired or
+// been recorded as missed or skipped by some sidecar.
+func TestClockSkew(t *testing.T) {
+	t.Parallel()
+	r := rng(t.Name())
+	agent := consultest.Start(t)
+	h := newHistory()
+	watchLock(t, []string{agent.Addr}, lockKey, h)
+
+	skews := []time.Duration{0, between(r, time.Minute, 3*time.Minute), -between(r, time.Minute, 3*time.Minute)}
+	var logs syncBuffer
+	var ins []*instance
+	for i, skew := range skews {
+		id := string(rune('a' + i))
+		clock := skewedClock{skew}
+		log := hclog.New(&hclog.LoggerOptions{Name: id, Level: hclog.Debug, Output: &logs})
+		var sjobs []scheduler.Job
+		for name, spec := range jobs {
+			s, err := parser.Parse(spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sjobs = append(sjobs, scheduler.Job{Name: name, Spec: spec, Schedule: s, Location: time.UTC, Timeout: 5 * time.Second})
+		}
+		in := &instance{id: id, skew: skew}
+		in.sched = scheduler.New(sjobs, recorderApp{id, h}, clock, log.Named("scheduler"), scheduler.Options{
+			LeaseMargin: ttl / 5,
+			Recorder:    historyRecorder{id, h, clock},
+		})
+		in.el = leader.New(consultest.Client(t, agent.Addr), leader.Options{
+			Key:         lockKey,
+			JobsPrefix:  "leadercron/faults/jobs/",
+			ID:          id,
+			Value:       []byte(fmt.Sprintf(`{"id":%q}`, id)),
+			SessionName: "faults " + id,
+			TTL:         ttl,
+			LockDelay:   lockDelay,
+		}, log.Named("leader"))
+		ins = append(ins, in)
+	}
+	defer func() {
+		if t.Failed() {
+			t.Logf("sidecar logs:\n%s", logs.String())
+		}
+	}()
+
+	// Hand over gracefully: start the next one as the only standby, then
+	// stop the leader; the standby takes the released lock at once.
+	cur := r.IntN(3)
+	ins[cur].start()
+	h.waitFor(t, 20*time.Second, "a first trigger", triggersSince(time.Time{}, 1))
+	order := []string{fmt.Sprintf("%s(%+v)", ins[cur].id, ins[cur].skew.Round(time.Second))}
+	handovers := 6
+	if the.soak > 0 {
+		handovers = int(the.soak / scenarioCount / (4 * time.Second))
+	}
+	for range handovers {
+		sleep(between(r, 2*time.Second, 4*time.Second))
+		next := (cur + 1 + r.IntN(2)) % 3
+		ins[next].start()
+		h.fault(fmt.Sprintf("handover %s (skew %s) -> %s (skew %s)", ins[cur].id, ins[cur].skew.Round(time.Second), ins[next].id, ins[next].skew.Round(time.Second)))
+		ins[cur].stop(t)
+		cur = next
+		order = append(order, fmt.Sprintf("%s(%+v)", ins[cur].id, ins[cur].skew.Round(time.Second)))
+	}
+	sleep(3 * time.Second)
+	ins[cur].stop(t)
+
+	evs, _ := h.snapshot()
+	v := check(t, t.Name(), evs, checkSpec{})
+	// Continuity: between the first and the last slot fired, every slot
+	// fired or was recorded.
+	var records []event
+	first, last := map[string]time.Time{}, map[string]time.Time{}
+	fired := map[string]bool{}
+	for _, e := range evs {
+		switch e.Kind {
+		case "record":
+			records = append(records, e)
+		case "trigger":
+			fired[e.Job+"@"+e.Slot.Format(time.RFC3339)] = true
+			if f, ok := first[e.Job]; !ok || e.Slot.Before(f) {
+				first[e.Job] = e.Slot
+			}
+			if e.Slot.After(last[e.Job]) {
+				last[e.Job] = e.Slot
+			}
+		}
+	}
+	for job, spec := range jobs {
+		s, _ := parser.Parse(spec)
+		for slot := first[job]; !slot.IsZero() && !slot.After(last[job]); slot = s.Next(slot) {
+			v.Expected++
+			if fired[job+"@"+slot.Format(time.RFC3339)] {
+				v.Fired++
+				continue
+			}
+			v.Missed++
+			if _, ok := recorded(records, job, slot); ok {
+				v.MissedRecorded++
+				continue
+			}
+			v.Violations = append(v.Violations, fmt.Sprintf("skipped without a record: %s@%s", job, slot.Format("15:04:05")))
+		}
+	}
+	v.Name = "ClockSkew"
+	v.Note = "leaders in order " + strings.Join(order, " → ")
+	the.report.add(v)
+	t.Log(header())
+	t.Log(v.line())
+	if len(v.Violations) > 0 {
+		t.Errorf("%d violations:\n  %s\nhistory:\n%s", len(v.Violations), strings.Join(v.Violations, "\n  "), dump(evs))
+	}
+}
+
+// syncBuffer is an io.Writer safe for concurrent loggers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+var _ io.Writer = (*syncBuffer)(nil)
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
