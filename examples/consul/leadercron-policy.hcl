@@ -8,15 +8,16 @@
 # internal/e2e/acl_test.go runs the sidecar with a token that carries only
 # this file, against a Consul with default_policy = "deny".
 
-# The lock key: watched with blocking reads, taken and released in a
-# transaction with the session.
-key "leadercron/orders-api/leader" {
-  policy = "write"
-}
-
-# Per-job state: <prefix>/jobs/<job>/last, moved forward by a check-and-set
-# in the slot-claim transaction.
-key_prefix "leadercron/orders-api/jobs/" {
+# Everything the sidecars keep in Consul lives under their prefix
+# (LEADERCRON_KV_PREFIX, default leadercron/<service>):
+#   leader          the lock: blocking reads, lock/release in a transaction
+#   jobs/<job>/     the last claimed slot (check-and-set in the claim
+#                   transaction) and the pause flag read in that transaction
+#   requests/<job>  run-now requests: watched, and deleted when taken
+#   history/<job>   each slot's fate, appended with a check-and-set
+# The trailing slash matters: without it the rule would also cover
+# leadercron/orders-api-2/ and any other service whose name starts the same.
+key_prefix "leadercron/orders-api/" {
   policy = "write"
 }
 

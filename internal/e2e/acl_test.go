@@ -116,9 +116,9 @@ func TestACLPolicy(t *testing.T) {
 		c := consultest.TokenClient(t, agent.Addr, token)
 		for _, key := range []string{
 			"leadercron/other-service/leader",   // another fleet's lock
-			"leadercron/orders-api/leader-2",    // not the lock key itself
-			"leadercron/orders-api/config/x",    // outside leader and jobs/
+			"leadercron/orders-api-2/leader",    // a fleet whose name starts the same
 			"leadercron/other-service/jobs/x/y", // another fleet's claims
+			"orders-api/config",                 // the app's own keys
 		} {
 			if _, err := c.KV().Put(&api.KVPair{Key: key, Value: []byte("x")}, nil); err == nil || !strings.Contains(err.Error(), "Permission denied") {
 				t.Errorf("put %s with the sidecar's token: err %v, want Permission denied", key, err)
@@ -141,7 +141,7 @@ func TestACLPolicy(t *testing.T) {
 	}{
 		{"no policy", "", []string{"read lock key failed", "Permission denied", "key:read"}},
 		{"no session rights", stripBlock(t, string(rules), `session_prefix ""`), []string{"create session failed", "Permission denied", "session:write"}},
-		{"no rights on job state", stripBlock(t, string(rules), `key_prefix "leadercron/orders-api/jobs/"`), []string{"leadership acquired", "Permission denied"}},
+		{"read-only keys", readOnly(t, string(rules)), []string{"Permission denied", "key:write"}},
 	}
 	for _, tc := range denied {
 		t.Run(tc.name, func(t *testing.T) {
@@ -176,6 +176,18 @@ func stripBlock(t *testing.T, rules, head string) string {
 	out := re.ReplaceAllString(rules, "")
 	if out == rules {
 		t.Fatalf("policy has no %s block", head)
+	}
+	return out
+}
+
+// readOnly turns the policy's key write rights into read rights, failing
+// the test if it has none.
+func readOnly(t *testing.T, rules string) string {
+	t.Helper()
+	re := regexp.MustCompile(`(key(?:_prefix)? "[^"]*"\s*\{\s*policy\s*=\s*)"write"`)
+	out := re.ReplaceAllString(rules, `${1}"read"`)
+	if out == rules {
+		t.Fatal("policy has no key write rule")
 	}
 	return out
 }
