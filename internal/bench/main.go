@@ -155,9 +155,6 @@ func bench(ctx context.Context, s settings, quick, verbose bool, out io.Writer) 
 		})
 		results = append(results, res)
 	}
-	if ctx.Err() != nil {
-		return fmt.Errorf("interrupted: %w", context.Cause(ctx))
-	}
 	load1 := loadavg()
 	mode := "full"
 	if quick {
@@ -168,6 +165,9 @@ func bench(ctx context.Context, s settings, quick, verbose bool, out io.Writer) 
 		s.ttl, s.delay, s.delayJobs, s.delayDur, s.scaleJobs, s.scalePeriod, s.scaleStandbys, s.scaleDur, s.idleDur)
 	fmt.Fprintf(out, "load average before %s, after %s\n\n", load0, load1)
 	printTable(out, s, results)
+	if ctx.Err() != nil {
+		return fmt.Errorf("interrupted (the table holds what was measured): %w", context.Cause(ctx))
+	}
 	return errors.Join(errs...)
 }
 

@@ -67,7 +67,12 @@ func tryAgent(bin string, attempt int) (*agent, error) {
 		"-bind", "127.0.0.1", "-client", "127.0.0.1",
 		"-http-port", strconv.Itoa(ports[0]), "-serf-lan-port", strconv.Itoa(ports[1]), "-server-port", strconv.Itoa(ports[2]),
 		"-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1", "-serf-wan-port", "-1",
-		"-hcl", `session_ttl_min = "1s"`, "-hcl", `ui_config { enabled = false }`, "-log-level", "warn")
+		"-hcl", `session_ttl_min = "1s"`, "-hcl", `ui_config { enabled = false }`,
+		// Every sidecar of the bench reaches the agent from 127.0.0.1, which a
+		// real fleet does not: lift the per-client-IP connection cap (200 by
+		// default) so that 21 sidecars' connections are not refused with 429.
+		"-hcl", `limits { http_max_conns_per_client = 10000 }`,
+		"-log-level", "warn")
 	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
 	a.cmd.Env = append(os.Environ(), "CONSUL_HTTP_TOKEN=")
 	if err := a.cmd.Start(); err != nil {
