@@ -26,3 +26,6 @@ scripts/test-examples.sh
 
 echo "== go test -race"
 go test -race -count=1 "$@" ./...
+
+echo "== bench (quick mode: the harness still works; slow figures do not fail it)"
+scripts/bench.sh -quick
