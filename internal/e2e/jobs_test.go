@@ -330,7 +330,7 @@ func TestPauseResumeAndRunNow(t *testing.T) {
 	})
 
 	out := runCmd(t, agent, jobs, "run", "nightly")
-	evs := h.waitFor(t, 10*time.Second, "the run-now of nightly", func(evs []event) bool {
+	h.waitFor(t, 10*time.Second, "the run-now of nightly", func(evs []event) bool {
 		for _, e := range filter(evs, "trigger") {
 			if e.Job == "nightly" {
 				return true
@@ -340,7 +340,7 @@ func TestPauseResumeAndRunNow(t *testing.T) {
 	})
 	// It fires once: give the leader time to fire it twice if it would.
 	time.Sleep(2 * time.Second)
-	evs, _ = h.snapshot()
+	evs, _ := h.snapshot()
 	n := 0
 	for _, e := range filter(evs, "trigger") {
 		if e.Job == "nightly" {

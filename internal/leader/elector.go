@@ -230,6 +230,11 @@ func (e *Elector) acquire(ctx context.Context, s *session) (uint64, error) {
 			if containsAny(te.What, "lock delay", "lock-delay") {
 				return 0, errLockDelay
 			}
+			if containsAny(te.What, "ermission denied", "lacks permission") {
+				// Not a race lost: the token cannot write the key.
+				// Reported as a Consul error, at warn level.
+				return 0, fmt.Errorf("acquire %s: %s", e.opts.Key, te.What)
+			}
 		}
 		if len(resp.Errors) > 0 {
 			return 0, fmt.Errorf("%w: %s", errHeld, resp.Errors[0].What)

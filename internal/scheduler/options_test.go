@@ -336,3 +336,15 @@ func TestRunNow(t *testing.T) {
 		t.Errorf("run-now claimed a slot: %v", h.term.claimCalls())
 	}
 }
+
+// Lead with no jobs keeps leading until its context ends.
+func TestLeadWithoutJobsWaitsForContext(t *testing.T) {
+	h := newHarness(t, nil, Options{LeaseMargin: time.Second})
+	h.lead()
+	select {
+	case <-h.done:
+		t.Fatal("Lead returned with no jobs while its context was live")
+	case <-time.After(50 * time.Millisecond): // a negative check: nothing to await
+	}
+	h.stop()
+}

@@ -212,7 +212,9 @@ func New(jobs []Job, app App, clock Clock, log hclog.Logger, opts Options) *Sche
 }
 
 // Lead fires slots under term until ctx ends, then returns without waiting
-// for runs in flight (see Wait).
+// for runs in flight (see Wait). It returns only when ctx ends, even with
+// no jobs, or with schedules that never fire again: leading is holding the
+// lock, and giving it up is the caller's decision.
 func (s *Scheduler) Lead(ctx context.Context, term Term) {
 	s.setLeader(true)
 	defer s.setLeader(false)
@@ -225,6 +227,7 @@ func (s *Scheduler) Lead(ctx context.Context, term Term) {
 		}()
 	}
 	wg.Wait()
+	<-ctx.Done()
 }
 
 // RunNow fires job once, outside its schedule, under term: the caller has
