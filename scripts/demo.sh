@@ -75,38 +75,47 @@ free_port() {
   done
 }
 
-# field KEY LINE prints the value of KEY=value in an hclog/slog text line.
-field() {
+# get KEY sets v to the value of KEY=value in $line (an hclog text line),
+# without forking, so that lines from the replicas print in time order.
+get() {
   local re="[[:space:]]$1=\"?([^\" ]*)"
-  [[ $2 =~ $re ]] && printf '%s' "${BASH_REMATCH[1]}"
+  v=
+  if [[ $line =~ $re ]]; then v=${BASH_REMATCH[1]}; fi
 }
 
 # show_sidecar NAME reads a sidecar's text log and prints one short line per
 # event worth watching: leadership, each trigger, drain, exit.
 show_sidecar() {
-  local name=$1 line t slot
+  local name=$1 line t v job slot
   while IFS= read -r line; do
     t=${line:11:12}
     case "$line" in
       *"leadership acquired"*)
-        printf '%s  replica-%s  %sLEADER%s now (lock acquired, fencing token %s)\n' "$t" "$name" "$bold" "$reset" "$(field fencing_token "$line")" ;;
+        get fencing_token
+        printf '%s  replica-%s  %sLEADER%s now (lock acquired, fencing token %s)\n' "$t" "$name" "$bold" "$reset" "$v" ;;
       *"leadership released"*)
         printf '%s  replica-%s  lock released\n' "$t" "$name" ;;
       *"leadership lost"* | *"lease ended"*)
-        printf '%s  replica-%s  leadership lost (%s)\n' "$t" "$name" "$(field cause "$line")" ;;
+        get cause
+        printf '%s  replica-%s  leadership lost (%s)\n' "$t" "$name" "$v" ;;
       *" job="*" outcome=missed"*)
-        slot=$(field slot "$line"); [ -n "$slot" ] || slot=$(field first "$line")
-        printf '%s  replica-%s  -> %-12s slot %s  missed (%s)\n' "$t" "$name" \
-          "$(field job "$line")" "${slot:11:8}" "$(field reason "$line")" ;;
+        get job; job=$v
+        get slot; slot=$v; [ -n "$slot" ] || { get first; slot=$v; }
+        get reason
+        printf '%s  replica-%s  -> %-12s slot %s  missed (%s)\n' "$t" "$name" "$job" "${slot:11:8}" "$v" ;;
       *" job="*" outcome="*)
-        slot=$(field slot "$line")
-        printf '%s  replica-%s  -> %-12s slot %s  %s %s (%s)\n' "$t" "$name" \
-          "$(field job "$line")" "${slot:11:8}" \
-          "$(field outcome "$line")" "$(field http_status "$line")" "$(field duration "$line")" ;;
+        get job; job=$v
+        get slot; slot=$v
+        get outcome; local outcome=$v
+        get http_status; local status=$v
+        get duration
+        printf '%s  replica-%s  -> %-12s slot %s  %s %s (%s)\n' "$t" "$name" "$job" "${slot:11:8}" "$outcome" "$status" "$v" ;;
       *"] "*"draining:"*)
         printf '%s  replica-%s  stopping: no new triggers; waits for the run in flight, then drains its app (POST /drain)\n' "$t" "$name" ;;
       *"app drained"*)
-        printf '%s  replica-%s  app drained (polls=%s, %s)\n' "$t" "$name" "$(field polls "$line")" "$(field duration "$line")" ;;
+        get polls; local polls=$v
+        get duration
+        printf '%s  replica-%s  app drained (polls=%s, %s)\n' "$t" "$name" "$polls" "$v" ;;
       *"[ERROR]"*)
         printf '%s  replica-%s  %s\n' "$t" "$name" "${line#*\] }" ;;
     esac
@@ -170,14 +179,16 @@ echo "jobs: hello every 2 s; send-report every 5 s (the app works 2 s on it)"
 for r in "${replicas[@]}"; do
   app_addr[$r]=127.0.0.1:$(free_port)
   admin_addr[$r]=127.0.0.1:$(free_port)
+  echo "replica-$r: app ${app_addr[$r]}, sidecar ${admin_addr[$r]}, LEADERCRON_ID=replica-$r"
+done
+echo "${dim}(one line per event: time, replica, what happened; full logs in $work/logs)${reset}"
+for r in "${replicas[@]}"; do
   $detach "$work/bin/demo-app" -listen "${app_addr[$r]}" >"$work/logs/app-$r.log" 2>&1 &
   app_pid[$r]=$!
   LEADERCRON_ID=replica-$r LEADERCRON_LISTEN=${admin_addr[$r]} LEADERCRON_APP_URL=http://${app_addr[$r]} \
     $detach "$work/bin/leadercron" > >(trap '' INT TERM; tee "$work/logs/sidecar-$r.log" | show_sidecar "$r") 2>&1 &
   sidecar_pid[$r]=$!
-  echo "replica-$r: app ${app_addr[$r]}, sidecar ${admin_addr[$r]} (pid ${sidecar_pid[$r]})"
 done
-echo "${dim}(one line per event: time, replica, what happened; full logs in $work/logs)${reset}"
 
 leader=
 for _ in $(seq 100); do
@@ -201,7 +212,9 @@ kill -TERM "${sidecar_pid[$leader]}"
 start=$(date +%s%N)
 rc=0; wait "${sidecar_pid[$leader]}" || rc=$?
 sidecar_pid[$leader]=
-printf '%s  replica-%s  sidecar exited with code %s after %s ms\n' "$(date -u +%T.%3N)" "$leader" "$rc" $(( ($(date +%s%N) - start) / 1000000 ))
+took=$(( ($(date +%s%N) - start) / 1000000 ))
+sleep 0.2 # let its last log lines print first
+printf '%s  replica-%s  sidecar exited with code %s after %s ms\n' "$(date -u +%T.%3N)" "$leader" "$rc" "$took"
 sleep 0.5
 
 say "who leads now"
