@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"sync"
 	"testing"
+	"time"
 )
 
 // FaultProxy is an HTTP reverse proxy in front of a Consul agent's HTTP
@@ -14,7 +15,8 @@ import (
 // Fail answers every new request with an error status (500 as during a
 // leader election, 429 and 503 as from Consul's rate limiter), and Cut
 // resets every open connection and every new one with a TCP RST, as a
-// restarting agent or a load balancer does. Heal returns to forwarding.
+// restarting agent or a load balancer does; Delay slows every request.
+// Heal returns to forwarding.
 // For a black hole (bytes stop, connections stay open) use Proxy.
 //
 // Guarantees: a request already forwarded when Fail starts is answered by
@@ -28,8 +30,9 @@ type FaultProxy struct {
 	ln  net.Listener
 
 	mu       sync.Mutex
-	status   int  // answer with this status; 0 forwards
-	cut      bool // reset connections
+	status   int           // answer with this status; 0 forwards
+	cut      bool          // reset connections
+	delay    time.Duration // hold each request this long before forwarding
 	conns    map[net.Conn]struct{}
 	injected int
 }
@@ -55,11 +58,19 @@ func NewFaultProxy(t testing.TB, target string) *FaultProxy {
 	p.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			p.mu.Lock()
-			status, cut := p.status, p.cut
+			status, cut, delay := p.status, p.cut, p.delay
 			if status != 0 || cut {
 				p.injected++
 			}
 			p.mu.Unlock()
+			if delay > 0 && status == 0 && !cut {
+				t := time.NewTimer(delay)
+				select {
+				case <-t.C:
+				case <-r.Context().Done():
+				}
+				t.Stop()
+			}
 			switch {
 			case cut:
 				resetHijacked(w)
@@ -123,7 +134,15 @@ func (p *FaultProxy) Cut() {
 	}
 }
 
-// Heal returns to forwarding every request.
+// Delay holds every new request for d before forwarding it: a slow
+// agent or a long network path. It stays until Delay(0); Heal keeps it.
+func (p *FaultProxy) Delay(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.delay = d
+}
+
+// Heal returns to forwarding every request (after the Delay, if any).
 func (p *FaultProxy) Heal() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
