@@ -348,3 +348,19 @@ func TestLeadWithoutJobsWaitsForContext(t *testing.T) {
 	}
 	h.stop()
 }
+
+// A claim in flight when leadership ends (SIGTERM) is not cut short: if it
+// wins, the slot fires, and Wait covers it. Found by the fault suite: the
+// slot used to be claimed in Consul but neither fired nor recorded.
+func TestClaimInFlightAtShutdownStillFires(t *testing.T) {
+	const sec = time.Second
+	h := newHarness(t, []Job{job("report", 10*sec)}, Options{LeaseMargin: 5 * sec})
+	h.term.afterClaim = func(claimCall) { h.cancel() }
+	h.lead()
+	h.clock.waitPending(t, at(10*sec))
+	h.clock.AdvanceTo(at(10 * sec))
+	checkRun(t, h.app.next(t), "report", at(10*sec), 42, at(40*sec))
+	h.stop()
+	h.settle()
+	checkClaims(t, h.term.claimCalls(), claimCall{job: "report", slot: at(10 * sec), won: true})
+}

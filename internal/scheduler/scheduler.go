@@ -372,7 +372,12 @@ func (s *Scheduler) claim(ctx context.Context, term Term, j Job, slot time.Time,
 	wait := s.opts.ClaimRetry
 	nextSlot := j.Schedule.Next(slot.In(j.Location))
 	for {
-		won, paused, err := term.Claim(ctx, j.Name, slot)
+		// The claim is not cancelled with the leadership: a shutdown
+		// that cut the request short could leave the slot claimed in
+		// Consul but neither fired nor recorded. A claim that wins
+		// after the context ended is still fired (the drain waits for
+		// it), unless the lease says otherwise.
+		won, paused, err := term.Claim(context.WithoutCancel(ctx), j.Name, slot)
 		if err == nil {
 			return won, paused, false
 		}

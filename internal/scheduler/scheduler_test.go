@@ -119,6 +119,11 @@ func (f *fakeTerm) Claim(ctx context.Context, job string, slot time.Time) (won, 
 	if hook != nil {
 		hook(c)
 	}
+	if err := ctx.Err(); err != nil && c.err == nil {
+		// Like an HTTP client whose context ended mid-request: the
+		// write happened, the answer is lost.
+		return false, false, err
+	}
 	return c.won, c.won && f.isPaused(job), c.err
 }
 
