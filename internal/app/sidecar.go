@@ -98,7 +98,7 @@ func (s *sidecar) lead(ctx context.Context, term *leader.Term) error {
 	start := time.Now()
 	s.m.DrainStarted()
 	defer s.m.DrainDone()
-	s.log.Info("draining", "fencing_token", term.Token(), "drain_timeout", s.cfg.DrainTimeout)
+	s.log.Info("stopping: waiting for triggers in flight, then draining the app", "fencing_token", term.Token(), "drain_timeout", s.cfg.DrainTimeout)
 	dctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 	defer cancel()
 	if !s.sched.Wait(dctx) {
