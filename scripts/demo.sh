@@ -110,7 +110,7 @@ show_sidecar() {
         get http_status; local status=$v
         get duration
         printf '%s  replica-%s  -> %-12s slot %s  %s %s (%s)\n' "$t" "$name" "$job" "${slot:11:8}" "$outcome" "$status" "$v" ;;
-      *"] "*"draining:"*)
+      *"] "*"stopping: waiting for triggers in flight"*)
         printf '%s  replica-%s  stopping: no new triggers; waits for the run in flight, then drains its app (POST /drain)\n' "$t" "$name" ;;
       *"app drained"*)
         get polls; local polls=$v
