@@ -38,6 +38,9 @@ type Status struct {
 	// off.
 	AppHealthy *bool       `json:"app_healthy,omitempty"`
 	Jobs       []JobStatus `json:"jobs"`
+	// KVError says why the fleet's state (pauses, history) could not be
+	// read from Consul for this answer; the rest is still this sidecar's.
+	KVError string `json:"kv_error,omitempty"`
 }
 
 // JobStatus is one job in Status.
@@ -48,6 +51,11 @@ type JobStatus struct {
 	NextSlot time.Time `json:"next_slot"`
 	Running  int       `json:"running"` // runs in flight from this sidecar
 	Last     *LastSlot `json:"last"`
+	// Paused and History come from Consul KV (absent in standalone
+	// mode): the fleet-wide pause flag and the job's most recent slot
+	// fates, newest first, as `leadercron status -json` shows them.
+	Paused  *bool           `json:"paused,omitempty"`
+	History json.RawMessage `json:"history,omitempty"`
 }
 
 // LastSlot is the most recent slot's fate.

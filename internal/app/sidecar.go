@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -198,16 +199,40 @@ func (s *sidecar) status() admin.Status {
 			}
 		}
 	}
+	var fleet *ledger.Fleet
+	if s.store != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		f, err := s.store.Snapshot(ctx)
+		cancel()
+		if err != nil {
+			st.KVError = err.Error()
+		} else {
+			fleet = &f
+		}
+	}
 	for _, j := range s.sched.Status() {
 		js := admin.JobStatus{Name: j.Name, Schedule: j.Spec, TZ: j.Location, NextSlot: j.NextSlot.UTC(), Running: j.Running}
 		if l := j.Last; l != nil {
 			js.Last = &admin.LastSlot{Slot: l.Slot.UTC(), Outcome: l.Outcome, Reason: l.Reason,
 				HTTPStatus: l.Status, DurationMS: l.Duration.Milliseconds()}
 		}
+		if fleet != nil {
+			paused := false
+			history := []ledger.Entry{}
+			if kv := fleet.Jobs[j.Name]; kv != nil {
+				paused = kv.Paused != nil
+				history = kv.History[:min(len(kv.History), statusHistory)]
+			}
+			js.Paused = &paused
+			js.History, _ = json.Marshal(history) // plain struct: cannot fail
+		}
 		st.Jobs = append(st.Jobs, js)
 	}
 	return st
 }
+
+// statusHistory is how many history entries per job /status shows.
+const statusHistory = 10
 
 // triggerer adapts the app client to the scheduler's App.
 type triggerer struct{ c *appclient.Client }

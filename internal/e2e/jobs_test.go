@@ -299,13 +299,26 @@ func TestPauseResumeAndRunNow(t *testing.T) {
 	h := newHistory()
 	app := startJobApp(t, "app", h)
 	jobs := map[string]string{"TICK": "* * * * * *", "NIGHTLY": "0 0 3 * * *"}
-	startSidecar(t, "a", jobsEnv(agent, app, jobs))
+	s := startSidecar(t, "a", jobsEnv(agent, app, jobs))
 	h.waitFor(t, 20*time.Second, "tick firing", func(evs []event) bool { return len(filter(evs, "trigger")) >= 2 })
 
 	runCmd(t, agent, jobs, "pause", "-reason", "e2e", "tick")
 	paused := time.Now()
 	waitHistory(t, c, "tick", 10*time.Second, "a slot skipped as paused", func(l []ledger.Entry) bool {
 		return hasEntry(l, "skipped", "paused")
+	})
+	// /status shows the pause and the KV history too.
+	waitStatus(t, s, 5*time.Second, "tick paused with its history in /status", func(v map[string]any) bool {
+		jobs, _ := v["jobs"].([]any)
+		for _, j := range jobs {
+			m, _ := j.(map[string]any)
+			hist, _ := m["history"].([]any)
+			if m["name"] == "tick" && m["paused"] == true && len(hist) > 0 {
+				first, _ := hist[0].(map[string]any)
+				return first["outcome"] == "skipped" && first["reason"] == "paused"
+			}
+		}
+		return false
 	})
 	// A slot claimed before the pause was written may still be in
 	// flight; after two more seconds nothing fires.
