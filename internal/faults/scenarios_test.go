@@ -11,7 +11,7 @@ import (
 )
 
 // scenarioCount is how many scenarios share the soak time.
-const scenarioCount = 14
+const scenarioCount = 15
 
 // loop runs round at least once, and again while the soak lasts.
 func loop(round func(i int)) { loopN(1, round) }
