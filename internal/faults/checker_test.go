@@ -6,7 +6,6 @@ import (
 	"os"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -52,10 +51,6 @@ type checkSpec struct {
 	// strict: a slot missed outside the excused windows is a violation
 	// even when a sidecar recorded why (a graceful handover loses nothing).
 	strict bool
-	// knownBug, when set, names an open bug, reported to its owner, that
-	// this scenario reproduces: "missed" violations are then printed and
-	// counted but do not fail the test. Remove it with the fix.
-	knownBug string
 }
 
 // verdict is the outcome of checking one scenario.
@@ -64,7 +59,6 @@ type verdict struct {
 	Expected, Fired, Dups int
 	Missed, MissedExcused int
 	MissedRecorded        int      // missed outside the windows, but recorded with a reason
-	Known                 int      // violations of a known, reported bug (not failed)
 	Recorded              []string // those records
 	TwoLeaders            time.Duration
 	Takeover              time.Duration // -1: no takeover
@@ -285,23 +279,6 @@ func finish(t *testing.T, h *history, c checkSpec, note string) verdict {
 	if len(v.Recorded) > 0 {
 		t.Logf("slots due outside fault windows that sidecars recorded as missed or skipped:\n  %s", strings.Join(v.Recorded, "\n  "))
 	}
-	var known []string
-	if c.knownBug != "" {
-		var other []string
-		for _, x := range v.Violations {
-			if strings.HasPrefix(x, "missed:") {
-				known = append(known, x)
-			} else {
-				other = append(other, x)
-			}
-		}
-		if len(known) > 0 {
-			v.Known = len(known)
-			t.Logf("KNOWN BUG (%s) reproduced, %d slots:\n  %s", c.knownBug, len(known), strings.Join(known, "\n  "))
-			v.Note += fmt.Sprintf("; known bug reproduced: %s", c.knownBug)
-		}
-		v.Violations = other
-	}
 	the.report.add(v)
 	t.Log(header())
 	t.Log(v.line())
@@ -378,12 +355,8 @@ func (v verdict) line() string {
 	if v.Naive {
 		name += " (baseline)"
 	}
-	viol := strconv.Itoa(len(v.Violations))
-	if v.Known > 0 {
-		viol += fmt.Sprintf(" + %d known", v.Known)
-	}
-	return fmt.Sprintf("| %s | %d | %d | %d | %d / %d / %d | %s | %s | %s | %s |", name, v.Expected, v.Fired, v.Dups,
-		v.MissedExcused, v.MissedRecorded, v.Missed-v.MissedExcused-v.MissedRecorded, viol, v.TwoLeaders.Round(10*time.Millisecond), take, v.Note)
+	return fmt.Sprintf("| %s | %d | %d | %d | %d / %d / %d | %d | %s | %s | %s |", name, v.Expected, v.Fired, v.Dups,
+		v.MissedExcused, v.MissedRecorded, v.Missed-v.MissedExcused-v.MissedRecorded, len(v.Violations), v.TwoLeaders.Round(10*time.Millisecond), take, v.Note)
 }
 
 // print writes the table and a summary line; with LEADERCRON_FAULT_REPORT
@@ -398,7 +371,7 @@ func (r *report) print(w io.Writer, seed uint64) {
 	sort.SliceStable(vs, func(i, j int) bool { return vs[i].Name < vs[j].Name })
 	var b strings.Builder
 	fmt.Fprintln(&b, header())
-	var slots, fired, dups, viol, known int
+	var slots, fired, dups, viol int
 	for _, v := range vs {
 		fmt.Fprintln(&b, v.line())
 		if !v.Naive {
@@ -406,11 +379,10 @@ func (r *report) print(w io.Writer, seed uint64) {
 			fired += v.Fired
 			dups += v.Dups
 			viol += len(v.Violations)
-			known += v.Known
 		}
 	}
-	fmt.Fprintf(&b, "\nsummary: %d scenarios, seed %d: %d slots expected, %d fired, %d duplicates, %d violations, %d of a known open bug (baseline excluded)\n",
-		len(vs), seed, slots, fired, dups, viol, known)
+	fmt.Fprintf(&b, "\nsummary: %d scenarios, seed %d: %d slots expected, %d fired, %d duplicates, %d violations (baseline excluded)\n",
+		len(vs), seed, slots, fired, dups, viol)
 	fmt.Fprint(w, b.String())
 	if p := os.Getenv("LEADERCRON_FAULT_REPORT"); p != "" {
 		if err := os.WriteFile(p, []byte(b.String()), 0o644); err != nil {
