@@ -25,7 +25,17 @@ echo "== examples (NestJS module and its end-to-end test with the sidecar)"
 scripts/test-examples.sh
 
 echo "== go test -race"
+# The fault-injection suite writes its per-scenario table here, so that a
+# passing run shows it too (go test prints a passing package's log only
+# with -v).
+LEADERCRON_FAULT_REPORT=$(mktemp)
+export LEADERCRON_FAULT_REPORT
 go test -race -count=1 "$@" ./...
+if [ -s "$LEADERCRON_FAULT_REPORT" ]; then
+  echo "== fault-injection summary"
+  cat "$LEADERCRON_FAULT_REPORT"
+fi
+rm -f "$LEADERCRON_FAULT_REPORT"
 
 echo "== bench (quick mode: the harness still works; slow figures do not fail it)"
 scripts/bench.sh -quick
