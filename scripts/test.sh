@@ -36,6 +36,7 @@ if [ -s "$LEADERCRON_FAULT_REPORT" ]; then
   cat "$LEADERCRON_FAULT_REPORT"
 fi
 rm -f "$LEADERCRON_FAULT_REPORT"
+unset LEADERCRON_FAULT_REPORT  # the sidecar refuses unknown LEADERCRON_ variables
 
 echo "== bench (quick mode: the harness still works; slow figures do not fail it)"
 scripts/bench.sh -quick
