@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -126,6 +128,33 @@ type proxy struct {
 	total    atomic.Int64
 	blocking atomic.Int64
 	waiting  atomic.Int64 // blocking queries in flight
+
+	mu     sync.Mutex
+	byKind map[string]int64 // "GET /v1/kv/…/last", "PUT /v1/session/renew", …
+}
+
+// kind names a Consul request without its ids and key prefix: method,
+// API, the key's last segment for KV, and whether it blocks.
+func kind(r *http.Request) string {
+	parts := strings.Split(strings.TrimPrefix(r.URL.Path, "/v1/"), "/")
+	k := r.Method + " /v1/" + parts[0]
+	switch {
+	case parts[0] == "kv" && len(parts) > 1:
+		k += "/…/" + parts[len(parts)-1]
+	case len(parts) > 1 && parts[0] != "kv":
+		k += "/" + parts[1]
+	}
+	if r.URL.Query().Has("index") {
+		k += " (blocking)"
+	}
+	return k
+}
+
+// kinds returns the requests counted so far by kind.
+func (p *proxy) kinds() map[string]int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return maps.Clone(p.byKind)
 }
 
 func startProxy(consulAddr string, tr http.RoundTripper) (*proxy, error) {
@@ -137,9 +166,13 @@ func startProxy(consulAddr string, tr http.RoundTripper) (*proxy, error) {
 	rp.Transport = tr
 	// A sidecar that stops cancels its blocking query: not worth a log line.
 	rp.ErrorHandler = func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(http.StatusBadGateway) }
-	p := &proxy{addr: l.Addr().String()}
+	p := &proxy{addr: l.Addr().String(), byKind: map[string]int64{}}
 	p.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.total.Add(1)
+		k := kind(r)
+		p.mu.Lock()
+		p.byKind[k]++
+		p.mu.Unlock()
 		if r.Method == http.MethodGet && r.URL.Query().Has("index") {
 			p.blocking.Add(1)
 			p.waiting.Add(1)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net/http"
 	"os"
@@ -210,6 +211,7 @@ func sleepUntil(ctx context.Context, t time.Time) error {
 // expected count.
 func delays(ts []trigger, from, to time.Time, expected int, fig figures, prefix string) error {
 	seen := map[string]bool{}
+	first := map[time.Time]float64{} // per slot instant: the earliest delay among the jobs due then
 	var ds []float64
 	dupes := 0
 	for _, t := range ts {
@@ -222,7 +224,11 @@ func delays(ts []trigger, from, to time.Time, expected int, fig figures, prefix 
 			continue
 		}
 		seen[k] = true
-		ds = append(ds, float64(t.at.Sub(t.slot).Microseconds())/1000)
+		d := float64(t.at.Sub(t.slot).Microseconds()) / 1000
+		ds = append(ds, d)
+		if f, ok := first[t.slot]; !ok || d < f {
+			first[t.slot] = d
+		}
 	}
 	if len(ds) == 0 {
 		return errors.New("no trigger arrived in the measurement window")
@@ -234,6 +240,9 @@ func delays(ts []trigger, from, to time.Time, expected int, fig figures, prefix 
 	fig[prefix+"slots"] = float64(len(ds))
 	fig[prefix+"missing"] = float64(expected - len(ds))
 	fig[prefix+"dupes"] = float64(dupes)
+	fs := slices.Sorted(maps.Values(first))
+	fig[prefix+"first_p50"] = quantile(fs, 0.5)
+	fig[prefix+"first_p99"] = quantile(fs, 0.99)
 	return nil
 }
 
@@ -274,17 +283,22 @@ func (e *env) slotDelay(ctx context.Context, impl string, nJobs int, dur time.Du
 	if err := sleepUntil(ctx, start); err != nil {
 		return err
 	}
-	ca, cb := a.px.counts(), b.px.counts()
+	ca, cb, ka := a.px.counts(), b.px.counts(), a.px.kinds()
 	if err := sleepUntil(ctx, end.Add(500*time.Millisecond)); err != nil {
 		return err
 	}
 	el := time.Since(start)
-	fig["busy_load_leader"] = perMin(a.px.counts().sub(ca).total, el)
+	da := a.px.counts().sub(ca)
+	fig["busy_load_leader"] = perMin(da.total, el)
 	fig["busy_load_standby"] = perMin(b.px.counts().sub(cb).total, el)
 	ts, _ := f.rec.snapshot()
 	if err := delays(ts, start, end, nJobs*int(dur/time.Second), fig, "delay_"); err != nil {
 		return fmt.Errorf("%s slot delay: %w%s", impl, err, f.diag())
 	}
+	// The request window [start, end+0.5s] holds the slots of [start, end].
+	fired := float64(len(slices.DeleteFunc(ts, func(t trigger) bool { return t.slot.Before(start) || t.slot.After(end) })))
+	fig["requests_per_slot"] = float64(da.total) / fired
+	logKinds(impl+" leader, Consul requests per slot fired, by kind", ka, a.px.kinds(), fired)
 	for _, t := range ts {
 		if t.app != "a" && !t.slot.Before(start) && t.slot.Before(end) {
 			return fmt.Errorf("%s slot delay: standby %s triggered slot %s", impl, t.app, t.slot)
@@ -569,7 +583,7 @@ func median(v []float64) float64 {
 // round trip of one KV write transaction (like a slot claim) straight to
 // the agent and through a counting proxy, and how long a burst of n
 // concurrent ones takes to complete (n slots due in the same second).
-func (e *env) calibrate(ctx context.Context, n int, fig figures) error {
+func (e *env) calibrate(ctx context.Context, bursts map[string]int, fig figures) error {
 	px, err := startProxy(e.agent.addr, e.tr)
 	if err != nil {
 		return err
@@ -603,17 +617,19 @@ func (e *env) calibrate(ctx context.Context, n int, fig figures) error {
 		}
 		fig[name] = median(ds)
 	}
-	start := time.Now()
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		go func() { defer wg.Done(); _, errs[i] = write(direct, fmt.Sprintf("bench/calibrate/burst/%d", i)) }()
-	}
-	wg.Wait()
-	fig["cal_burst"] = ms(time.Since(start))
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("calibrate burst: %w", err)
+	for name, n := range bursts {
+		start := time.Now()
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Add(1)
+			go func() { defer wg.Done(); _, errs[i] = write(direct, fmt.Sprintf("bench/calibrate/burst/%d", i)) }()
+		}
+		wg.Wait()
+		fig[name] = ms(time.Since(start))
+		if err := errors.Join(errs...); err != nil {
+			return fmt.Errorf("calibrate burst: %w", err)
+		}
 	}
 	return nil
 }
@@ -626,4 +642,17 @@ func pooledClient(addr string) (*api.Client, error) {
 		return nil, fmt.Errorf("consul client: %w", err)
 	}
 	return c, nil
+}
+
+// logKinds prints the requests counted between two snapshots, by kind,
+// per slot fired.
+func logKinds(title string, before, after map[string]int64, slots float64) {
+	keys := slices.Sorted(maps.Keys(after))
+	var b strings.Builder
+	for _, k := range keys {
+		if n := after[k] - before[k]; n > 0 {
+			fmt.Fprintf(&b, "\n    %-45s %6d  (%.2f per slot)", k, n, float64(n)/slots)
+		}
+	}
+	logf("  %s:%s", title, b.String())
 }
