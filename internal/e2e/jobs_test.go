@@ -440,6 +440,7 @@ func TestHandoverEndpoint(t *testing.T) {
 	apps[leaderID].mu.Unlock()
 	res, took = postHandover(t, sidecars[leaderID])
 	answered := time.Now()
+	t.Logf("POST /handover on the leader answered after %s (app busy for 500ms)", took.Round(time.Millisecond))
 	if res["outcome"] != "released" {
 		t.Fatalf("handover of the leader = %v, want released", res)
 	}
@@ -454,6 +455,7 @@ func TestHandoverEndpoint(t *testing.T) {
 		t.Errorf("leader answered the handover after %s; drained before answering: %v", took, drained)
 	}
 	waitStatus(t, heir, 10*time.Second, "the heir leading", isLeader)
+	t.Logf("the heir led %s after the handover answered", time.Since(answered).Round(time.Millisecond))
 	old := statusOf(t, sidecars[leaderID])
 	if isLeader(old) || old["handed_over"] != true || old["campaigning"] != false {
 		t.Errorf("old leader after handover: %v", old)
