@@ -537,7 +537,10 @@ func (s *Scheduler) run(ctx context.Context, term Term, log hclog.Logger, j Job,
 			return lr
 		}
 		r.Attempt = attempt
-		s.opts.Observer.TriggerSent(j.Name, s.clock.Now().Sub(r.Slot))
+		if attempt == 1 {
+			// Slot delay is the first send's; retries are late by design.
+			s.opts.Observer.TriggerSent(j.Name, s.clock.Now().Sub(r.Slot))
+		}
 		res := s.app.Trigger(context.Background(), r)
 		s.opts.Observer.TriggerDone(j.Name, res.Duration)
 		lr.Outcome, lr.Status, lr.Duration, lr.Attempts = res.Outcome, res.Status, res.Duration, attempt
