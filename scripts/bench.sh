@@ -3,7 +3,7 @@
 # internal/naive) on one machine in one run, against a real Consul dev agent
 # on loopback, and prints one Markdown table. See docs/benchmarks.md.
 #
-#   ./scripts/bench.sh            # full mode: 3 runs, medians (about 20 minutes)
+#   ./scripts/bench.sh            # full mode: 3 runs, medians (about 13 minutes on 2 cores)
 #   ./scripts/bench.sh -runs 5    # more runs
 #   ./scripts/bench.sh -quick     # a few slots, short windows (CI; under a minute)
 #
