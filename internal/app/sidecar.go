@@ -121,7 +121,19 @@ func (s *sidecar) lead(ctx context.Context, term *leader.Term) error {
 // request a Txn that takes it under the lock, so it fires exactly once.
 func (s *sidecar) watchRequests(ctx context.Context, term *leader.Term) {
 	var index uint64
+	var last time.Time
 	for ctx.Err() == nil {
+		// Consul answers a blocking list of an empty prefix with the
+		// whole KV table's index, so the query wakes on every write
+		// anywhere in Consul: at most one list per second.
+		if wait := time.Second - time.Since(last); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+		}
+		last = time.Now()
 		reqs, next, err := s.store.Requests(ctx, index)
 		if ctx.Err() != nil {
 			return

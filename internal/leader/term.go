@@ -81,8 +81,9 @@ type consulSlots struct {
 	e    *Elector
 	sess *session
 
-	mu    sync.Mutex
-	known map[string]claimState // per job: what we last read or wrote
+	mu       sync.Mutex
+	known    map[string]claimState // per job: what we last read or wrote
+	inflight chan struct{}         // bounds concurrent requests
 }
 
 type claimState struct {
@@ -90,13 +91,37 @@ type claimState struct {
 	index uint64 // ModifyIndex of the record, 0 if absent
 }
 
+// maxClaimRequests bounds the Consul requests a term's claims have in
+// flight: the API client opens a connection per concurrent request, and
+// Consul refuses a client more than http_max_conns_per_client (200 by
+// default) with 429. Hundreds of jobs due in the same second queue here
+// instead.
+const maxClaimRequests = 64
+
 func newConsulTerm(e *Elector, s *session, token uint64) *Term {
-	return &Term{token: token, sess: s, store: &consulSlots{e: e, sess: s, known: map[string]claimState{}}}
+	return &Term{token: token, sess: s, store: &consulSlots{e: e, sess: s, known: map[string]claimState{},
+		inflight: make(chan struct{}, maxClaimRequests)}}
 }
+
+// acquire takes one of the term's request slots; release gives it back.
+func (c *consulSlots) acquire(ctx context.Context) error {
+	select {
+	case c.inflight <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (c *consulSlots) release() { <-c.inflight }
 
 func (c *consulSlots) key(job string) string { return c.e.opts.JobsPrefix + job + "/last" }
 
 func (c *consulSlots) read(ctx context.Context, job string) (claimState, error) {
+	if err := c.acquire(ctx); err != nil {
+		return claimState{}, fmt.Errorf("read last slot of %s: %w", job, err)
+	}
+	defer c.release()
 	rctx, cancel := context.WithTimeout(ctx, c.e.opts.requestTimeout())
 	defer cancel()
 	pair, _, err := c.e.client.KV().Get(c.key(job), (&api.QueryOptions{RequireConsistent: true}).WithContext(rctx))
@@ -158,6 +183,10 @@ func (c *consulSlots) txn(ctx context.Context, job string, slot time.Time, token
 		return false, false, fmt.Errorf("claim %s@%s: encode: %w", job, slot.Format(time.RFC3339), err)
 	}
 	folder := c.e.opts.JobsPrefix + job + "/"
+	if err := c.acquire(ctx); err != nil {
+		return false, false, fmt.Errorf("claim %s@%s: %w", job, slot.Format(time.RFC3339), err)
+	}
+	defer c.release()
 	ops := api.TxnOps{
 		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: c.e.opts.Key, Session: c.sess.id}},
 		{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: c.key(job), Value: value, Index: index}},
