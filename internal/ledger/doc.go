@@ -20,9 +20,10 @@
 //     outcome was unknown (a timeout) may be retried.
 //   - At most one run-now request per job is pending: RequestRun creates it
 //     only if the key is absent (CAS at index 0) and otherwise returns the
-//     pending one. A consumer that deletes it with ConsumeOps (check-session
-//     on the lock key, check-index and delete-cas at its ModifyIndex, in one
-//     Txn) consumes it at most once, and only while it holds the lock.
+//     pending one. The leader consumes it with one Txn (check-session on
+//     the lock key, then check-index and delete-cas at its ModifyIndex; see
+//     leader.Term.TakeRequest), so at most once, and only while it holds the
+//     lock.
 //   - Pause never overwrites an existing pause (the first one's by, at and
 //     reason stay), and Resume deletes only the pause it read.
 //

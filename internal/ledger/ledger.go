@@ -382,22 +382,3 @@ func (s *Store) Requests(ctx context.Context, waitIndex uint64) ([]Request, uint
 	}
 	return reqs, last, nil
 }
-
-// ConsumeOps are the Txn operations that consume r under the lock held by
-// session: check-session on P/leader, check-index on P/requests/<job> at
-// r.ModifyIndex, then delete-cas at the same index. The Txn succeeds for
-// exactly one consumer; append other operations (a slot claim) to the same
-// Txn as needed.
-//
-// The check-index is needed: Consul's delete-cas succeeds when the key is
-// already gone, so [check-session, delete-cas] alone would let a second
-// consumer of the same request succeed too (tested in
-// RequestRunIsIdempotentAndConsumedOnce).
-func (s *Store) ConsumeOps(session string, r Request) api.TxnOps {
-	key := s.RequestKey(r.Job)
-	return api.TxnOps{
-		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: s.LockKey(), Session: session}},
-		{KV: &api.KVTxnOp{Verb: api.KVCheckIndex, Key: key, Index: r.ModifyIndex}},
-		{KV: &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: key, Index: r.ModifyIndex}},
-	}
-}

@@ -240,16 +240,16 @@ func TestLedger(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ok, _, _, err := c.Txn().Txn(s.ConsumeOps(sess, r1), nil); err != nil || ok {
+		if ok, _, _, err := c.Txn().Txn(consumeOps(s, sess, r1), nil); err != nil || ok {
 			t.Fatalf("consume without the lock = %v, %v; want refused", ok, err)
 		}
 		if ok, _, err := c.KV().Acquire(&api.KVPair{Key: s.LockKey(), Value: []byte(`{"id":"a"}`), Session: sess}, nil); err != nil || !ok {
 			t.Fatalf("acquire = %v, %v", ok, err)
 		}
-		if ok, resp, _, err := c.Txn().Txn(s.ConsumeOps(sess, r1), nil); err != nil || !ok {
+		if ok, resp, _, err := c.Txn().Txn(consumeOps(s, sess, r1), nil); err != nil || !ok {
 			t.Fatalf("consume = %v, %+v, %v", ok, resp, err)
 		}
-		if ok, _, _, err := c.Txn().Txn(s.ConsumeOps(sess, r1), nil); err != nil || ok {
+		if ok, _, _, err := c.Txn().Txn(consumeOps(s, sess, r1), nil); err != nil || ok {
 			t.Fatalf("second consume of the same request = %v, %v; want refused", ok, err)
 		}
 		reqs, _, err := s.Requests(ctx, 0)
@@ -261,7 +261,7 @@ func TestLedger(t *testing.T) {
 		if err != nil || !created || r3.ID == r1.ID {
 			t.Fatalf("RequestRun after consume = %+v, %v, %v", r3, created, err)
 		}
-		if ok, _, _, err := c.Txn().Txn(s.ConsumeOps(sess, r1), nil); err != nil || ok {
+		if ok, _, _, err := c.Txn().Txn(consumeOps(s, sess, r1), nil); err != nil || ok {
 			t.Fatalf("consuming the old request consumed the new one: %v, %v", ok, err)
 		}
 	})
@@ -389,4 +389,17 @@ func slots(list []ledger.Entry) string {
 		parts[i] = fmt.Sprint(int(e.Slot.Sub(t0) / time.Minute))
 	}
 	return strings.Join(parts, ",")
+}
+
+// consumeOps are the operations leader.Term.TakeRequest sends (this
+// package does not import the leader): check-session on the lock key,
+// check-index and delete-cas at the request's ModifyIndex. The check-index
+// is needed: delete-cas alone succeeds when the key is already gone.
+func consumeOps(s *ledger.Store, session string, r ledger.Request) api.TxnOps {
+	key := s.RequestKey(r.Job)
+	return api.TxnOps{
+		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: s.LockKey(), Session: session}},
+		{KV: &api.KVTxnOp{Verb: api.KVCheckIndex, Key: key, Index: r.ModifyIndex}},
+		{KV: &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: key, Index: r.ModifyIndex}},
+	}
 }
