@@ -361,6 +361,32 @@ func (e *env) idle(ctx context.Context, impl string, dur time.Duration, fig figu
 	return nil
 }
 
+// leaderAndStandby starts "a" with a job every second, waits until it holds
+// the lock (returning its session) and fires, then starts "b" and waits
+// until it is a standby.
+func (f *fleet) leaderAndStandby(ctx context.Context) (*member, string, error) {
+	jobs := map[string]string{"tick": "* * * * * *"}
+	a, err := f.add("a", jobs)
+	if err != nil {
+		return nil, "", err
+	}
+	sa, err := f.awaitHolder(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	b, err := f.add("b", jobs)
+	if err != nil {
+		return nil, "", err
+	}
+	if _, err := f.awaitTrigger(ctx, "a", time.Time{}); err != nil {
+		return nil, "", err
+	}
+	if err := f.awaitStandby(ctx, b); err != nil {
+		return nil, "", err
+	}
+	return a, sa, nil
+}
+
 // handover measures a graceful handover: SIGTERM of an idle leader, until
 // the standby holds the lock and fires its first trigger.
 func (e *env) handover(ctx context.Context, impl string, fig figures) error {
@@ -368,23 +394,8 @@ func (e *env) handover(ctx context.Context, impl string, fig figures) error {
 	defer f.close()
 	ctx, cancel := context.WithTimeoutCause(ctx, 90*time.Second, errors.New("handover scenario timed out"))
 	defer cancel()
-	jobs := map[string]string{"tick": "* * * * * *"}
-	a, err := f.add("a", jobs)
+	a, sa, err := f.leaderAndStandby(ctx)
 	if err != nil {
-		return err
-	}
-	sa, err := f.awaitHolder(ctx)
-	if err != nil {
-		return err
-	}
-	b, err := f.add("b", jobs)
-	if err != nil {
-		return err
-	}
-	if _, err := f.awaitTrigger(ctx, "a", time.Time{}); err != nil {
-		return err
-	}
-	if err := f.awaitStandby(ctx, b); err != nil {
 		return err
 	}
 	// Half-way between two slots of the 1 s job, so that neither the
@@ -431,23 +442,8 @@ func (e *env) failover(ctx context.Context, impl string, fig figures) error {
 	bound := 2*e.ttl + e.delay
 	ctx, cancel := context.WithTimeoutCause(ctx, bound+90*time.Second, errors.New("failover scenario timed out"))
 	defer cancel()
-	jobs := map[string]string{"tick": "* * * * * *"}
-	a, err := f.add("a", jobs)
+	a, sa, err := f.leaderAndStandby(ctx)
 	if err != nil {
-		return err
-	}
-	sa, err := f.awaitHolder(ctx)
-	if err != nil {
-		return err
-	}
-	b, err := f.add("b", jobs)
-	if err != nil {
-		return err
-	}
-	if _, err := f.awaitTrigger(ctx, "a", time.Time{}); err != nil {
-		return err
-	}
-	if err := f.awaitStandby(ctx, b); err != nil {
 		return err
 	}
 	from := f.w.len()
