@@ -134,7 +134,9 @@ func (s *sidecar) watchRequests(ctx context.Context, term *leader.Term) {
 			}
 		}
 		last = time.Now()
-		reqs, next, err := s.store.Requests(ctx, index)
+		rctx, cancel := context.WithTimeout(ctx, requestsTimeout)
+		reqs, next, err := s.store.Requests(rctx, index)
+		cancel()
 		if ctx.Err() != nil {
 			return
 		}
@@ -153,20 +155,32 @@ func (s *sidecar) watchRequests(ctx context.Context, term *leader.Term) {
 		}
 		index = next
 		for _, r := range reqs {
-			if !s.knownJob(r.Job) {
-				continue
+			// A request left here is taken by the next leader.
+			if ctx.Err() != nil {
+				return
 			}
-			took, err := term.TakeRequest(ctx, r.Job, r.ModifyIndex)
-			if err != nil {
-				s.log.Warn("take run request failed", "job", r.Job, "request", r.ID, "error", err)
-				continue
+			if s.knownJob(r.Job) {
+				s.takeRequest(ctx, term, r)
 			}
-			if !took {
-				continue
-			}
-			s.log.Info("run request taken", "job", r.Job, "request", r.ID, "by", r.By, "requested_at", r.At.UTC())
-			_ = s.sched.RunNow(ctx, term, r.Job, r.At) // the job is known
 		}
+	}
+}
+
+// takeRequest takes one run-now request and fires it. The take is not
+// cut short by the leadership ending (see leader.Term.TakeRequest), and a
+// request taken as it ends still fires inside the drain: a request is
+// never used up without firing or a record saying why.
+func (s *sidecar) takeRequest(ctx context.Context, term *leader.Term, r ledger.Request) {
+	took, err := term.TakeRequest(ctx, r.Job, r.ModifyIndex)
+	switch {
+	case err != nil && leader.NotApplied(err):
+		s.log.Warn("take run request refused; left in place", "job", r.Job, "request", r.ID, "error", err)
+	case err != nil:
+		s.log.Warn("take run request: outcome unknown", "job", r.Job, "request", r.ID, "error", err)
+		s.sched.RequestLost(r.Job, r.At, r.ID, term.Token(), scheduler.ReasonTakeUnknown)
+	case took:
+		s.log.Info("run request taken", "job", r.Job, "request", r.ID, "by", r.By, "requested_at", r.At.UTC())
+		_ = s.sched.RunNow(ctx, term, r.Job, r.At, r.ID) // the job is known
 	}
 }
 
@@ -242,6 +256,12 @@ func (s *sidecar) status() admin.Status {
 	}
 	return st
 }
+
+// requestsTimeout bounds one blocking list of run-now requests: it must
+// exceed ledger.RequestsWait plus the up to RequestsWait/16 of jitter that
+// Consul adds; the 5 s beyond that cover a slow answer, and a black-holed
+// connection is given up after it instead of waiting for TCP.
+const requestsTimeout = ledger.RequestsWait + ledger.RequestsWait/16 + 5*time.Second
 
 // statusHistory is how many history entries per job /status shows.
 const statusHistory = 10

@@ -42,7 +42,18 @@ type nopMetrics struct{}
 
 func (nopMetrics) ConsulError(string) {}
 
+// requestTimeout bounds one claim, take, read, release or destroy. It
+// stays under a renew period (TTL/3) so that an unknown outcome is known to
+// be unknown, and resolved, while the lease still runs; the 500 ms floor
+// covers a loopback round trip to a busy agent under a very short TTL.
 func (o *Options) requestTimeout() time.Duration { return max(o.TTL/3, 500*time.Millisecond) }
+
+// renewTimeout bounds one session create, renew or lock acquire. It must
+// exceed the agent's latency for a slow agent not to end leadership, and a
+// renew answered later than TTL/2 after its send extends the lease by less
+// than 0.3 TTL, too little to wait for. Renews are sent every TTL/3 from
+// the previous send, so with this timeout at most two overlap.
+func (o *Options) renewTimeout() time.Duration { return max(o.TTL/2, 500*time.Millisecond) }
 
 // leaseLength is TTL minus a margin of TTL/5 for clock-rate error and
 // scheduling delay between taking sendTime and the server resetting its
@@ -91,6 +102,11 @@ func (e *Elector) Run(ctx context.Context, lead func(context.Context, *Term) err
 	)
 	defer func() {
 		if s != nil {
+			// An acquire cut short by ctx may have been applied:
+			// release what the session may hold before destroying
+			// it, or the key would get the lock-delay and keep the
+			// fleet leaderless that long.
+			e.release(s, true)
 			s.destroy()
 		}
 	}()
@@ -219,7 +235,7 @@ func (e *Elector) acquire(ctx context.Context, s *session) (uint64, error) {
 		{KV: &api.KVTxnOp{Verb: api.KVLock, Key: e.opts.Key, Value: e.opts.Value, Session: s.id}},
 		{KV: &api.KVTxnOp{Verb: api.KVGet, Key: e.opts.Key}},
 	}
-	rctx, cancel := context.WithTimeout(ctx, e.opts.requestTimeout())
+	rctx, cancel := context.WithTimeout(ctx, e.opts.renewTimeout())
 	defer cancel()
 	ok, resp, _, err := e.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(rctx))
 	if err != nil {
@@ -256,7 +272,7 @@ func (e *Elector) hold(ctx context.Context, s *session, token uint64, lead func(
 
 	term := newConsulTerm(e, s, token)
 	log := e.log.With("fencing_token", token)
-	log.Info("leadership acquired", "key", e.opts.Key, "lease_remaining", s.remaining().Round(time.Millisecond))
+	log.Info("leadership acquired", "key", e.opts.Key, "session", s.id, "lease_remaining", s.remaining().Round(time.Millisecond))
 
 	monitored := make(chan struct{})
 	go func() {
@@ -280,7 +296,7 @@ func (e *Elector) hold(ctx context.Context, s *session, token uint64, lead func(
 		log.Warn("leadership lost", "cause", cause)
 		return true, nil
 	}
-	e.release(s)
+	e.release(s, false)
 	s.destroy()
 	log.Info("leadership released", "key", e.opts.Key)
 	return false, nil
@@ -329,17 +345,21 @@ func (e *Elector) monitor(ctx context.Context, s *session) {
 }
 
 // release frees the key with ?release, which sets no lock-delay, so a
-// standby's blocking query wakes at once.
-func (e *Elector) release(s *session) {
+// standby's blocking query wakes at once. Consul refuses it unless s holds
+// the key, so it is safe to call when s may hold nothing (maybe); its
+// answer may be lost, which the destroy that always follows covers, with
+// the lock-delay.
+func (e *Elector) release(s *session, maybe bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), e.opts.requestTimeout())
 	defer cancel()
 	ok, _, err := e.client.KV().Release(&api.KVPair{Key: e.opts.Key, Session: s.id}, (&api.WriteOptions{}).WithContext(ctx))
-	if err != nil {
+	switch {
+	case err != nil:
 		e.opts.Metrics.ConsulError("release")
 		e.log.Warn("release lock failed", "key", e.opts.Key, "error", err)
-		return
-	}
-	if !ok {
+	case ok && maybe:
+		e.log.Info("released a lock acquired as the campaign ended", "key", e.opts.Key)
+	case !ok && !maybe:
 		e.log.Warn("release lock refused: key not held by this session", "key", e.opts.Key)
 	}
 }

@@ -51,7 +51,7 @@ func newSession(ctx context.Context, client *api.Client, opts *Options, log hclo
 		Behavior:  api.SessionBehaviorRelease,
 	}
 	sent := time.Now()
-	rctx, cancel := context.WithTimeout(ctx, opts.requestTimeout())
+	rctx, cancel := context.WithTimeout(ctx, opts.renewTimeout())
 	defer cancel()
 	id, _, err := client.Session().CreateNoChecks(entry, (&api.WriteOptions{}).WithContext(rctx))
 	if err != nil {
@@ -83,7 +83,17 @@ func (s *session) remaining() time.Duration {
 	if s.cause != nil {
 		return 0
 	}
-	return time.Until(s.leaseUntil)
+	return leaseLeft(s.leaseUntil, time.Now())
+}
+
+// leaseLeft is how long a lease ending at until still runs at now, by the
+// monotonic clock and by the wall clock, whichever ends it first. The
+// monotonic clock alone stops while a host or VM is suspended, so after a
+// resume the lease would still look valid although Consul's timers ran
+// on; the wall clock alone may be stepped back by NTP. Both readings come
+// from the same send time, so neither can lengthen the lease.
+func leaseLeft(until, now time.Time) time.Duration {
+	return min(until.Sub(now), until.Round(0).Sub(now.Round(0)))
 }
 
 func (s *session) lostCause() error {
@@ -114,56 +124,115 @@ func (s *session) lose(cause error) {
 	s.cause = cause
 	f := s.onLost
 	close(s.dead)
+	ended := time.Now()
+	if s.leaseUntil.Before(ended) {
+		ended = s.leaseUntil
+	}
 	s.mu.Unlock()
-	s.log.Warn("leadership lease ended", "cause", cause)
+	// ended_at is when this sidecar stopped being allowed to act: the
+	// lease's end, or now if the loss came first. The fault suite judges
+	// stale triggers against it.
+	s.log.Warn("leadership lease ended", "cause", cause, "ended_at", ended.UTC().Format(time.RFC3339Nano))
 	if f != nil {
 		f(cause)
 	}
 }
 
-// renewLoop renews about every TTL/3 with a per-request timeout. A renew
-// that fails is retried sooner; it never extends the lease, which ends on
-// its own timer (see watchExpiry) however long a request hangs.
+// renewLoop sends a renew every TTL/3, counted from the previous renew's
+// send rather than its answer, so that a slow agent does not stretch the
+// period: with agent latency L each renew still extends the lease to its
+// send time + TTL - TTL/5. A renew may take up to renewTimeout, longer than
+// the period, so up to two renews can be in flight at once; the lease is
+// extended by whichever answer carries the latest send time. A renew that
+// fails is retried sooner; it never extends the lease, which ends on its
+// own timer (see checkExpiry) however long a request hangs.
 func (s *session) renewLoop(ctx context.Context) {
 	defer close(s.stopped)
 	expiry := time.AfterFunc(s.remaining(), s.checkExpiry)
 	defer expiry.Stop()
 	every := s.opts.TTL / 3
 	retry := min(s.opts.RetryInterval, s.opts.TTL/6)
-	renew := time.NewTimer(every)
-	defer renew.Stop()
+	results := make(chan renewResult, maxRenewsInFlight)
+	var inflight sync.WaitGroup
+	defer inflight.Wait() // each renew ends with ctx at the latest
+	running := 0
+	// The first renew goes at once: the lease counts from the create's
+	// send, and an acquire follows the create, so with a slow agent the
+	// create's lease alone would end about when the leadership begins.
+	nextAt := time.Now()
+	next := time.NewTimer(0)
+	defer next.Stop()
+	schedule := func(at time.Time) {
+		nextAt = at
+		next.Reset(time.Until(at))
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.dead:
 			return
-		case <-renew.C:
-		}
-		sent := time.Now()
-		rctx, cancel := context.WithTimeout(ctx, s.opts.requestTimeout())
-		entry, _, err := s.client.Session().Renew(s.id, (&api.WriteOptions{}).WithContext(rctx))
-		cancel()
-		switch {
-		case ctx.Err() != nil:
-			return
-		case err != nil:
-			s.opts.Metrics.ConsulError("renew")
-			s.log.Warn("session renew failed", "error", err, "lease_remaining", s.remaining().Round(time.Millisecond))
-			renew.Reset(retry)
-		case entry == nil:
-			s.lose(errSessionGone)
-			return
-		default:
-			s.mu.Lock()
-			if s.cause == nil {
-				s.leaseUntil = sent.Add(s.opts.leaseLength())
-				expiry.Reset(time.Until(s.leaseUntil))
+		case <-next.C:
+			schedule(time.Now().Add(every))
+			if running == maxRenewsInFlight {
+				continue // both still waiting: a third adds only load
 			}
-			s.mu.Unlock()
-			renew.Reset(every)
+			running++
+			inflight.Go(func() { results <- s.renew(ctx) })
+		case r := <-results:
+			running--
+			if ctx.Err() != nil {
+				return
+			}
+			if !s.renewed(r, expiry) {
+				return
+			}
+			if at := time.Now().Add(retry); r.err != nil && at.Before(nextAt) {
+				schedule(at)
+			}
 		}
 	}
+}
+
+// maxRenewsInFlight bounds concurrent renews: renewTimeout (TTL/2) is
+// below two renew periods (2*TTL/3), so two suffice for every period to
+// have its renew.
+const maxRenewsInFlight = 2
+
+type renewResult struct {
+	sent  time.Time
+	entry *api.SessionEntry
+	err   error
+}
+
+func (s *session) renew(ctx context.Context) renewResult {
+	sent := time.Now()
+	rctx, cancel := context.WithTimeout(ctx, s.opts.renewTimeout())
+	defer cancel()
+	entry, _, err := s.client.Session().Renew(s.id, (&api.WriteOptions{}).WithContext(rctx))
+	return renewResult{sent: sent, entry: entry, err: err}
+}
+
+// renewed applies one renew's answer; false means the session is gone.
+func (s *session) renewed(r renewResult, expiry *time.Timer) bool {
+	switch {
+	case r.err != nil:
+		// Unknown: Consul may have renewed it or not. The lease
+		// stays as it was and ends on its own timer.
+		s.opts.Metrics.ConsulError("renew")
+		s.log.Warn("session renew failed", "error", r.err, "lease_remaining", s.remaining().Round(time.Millisecond))
+		return true
+	case r.entry == nil:
+		s.lose(errSessionGone)
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if until := r.sent.Add(s.opts.leaseLength()); s.cause == nil && until.After(s.leaseUntil) {
+		s.leaseUntil = until
+		expiry.Reset(time.Until(until))
+	}
+	return true
 }
 
 // checkExpiry runs when the lease timer fires: it ends the session's

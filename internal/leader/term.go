@@ -3,6 +3,7 @@ package leader
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -41,25 +42,53 @@ func (t *Term) LastSlot(ctx context.Context, job string) (time.Time, error) {
 	return t.store.last(ctx, job)
 }
 
-// Claim claims slot for job. won is true only if this call moved the job's
-// last claimed slot from an earlier slot to slot, under this term's lock;
-// paused then reports whether the job was paused (its pause flag read in
-// the same transaction), in which case the slot is spent and must not be
-// triggered. Claim returns won=false with a nil error when slot (or a later
-// one) was already claimed, and ErrNotLeader when the session lost the
-// lock. Any other error means the outcome is unknown; the slot must then
-// not be triggered (a retry of Claim is safe).
+// Claim claims slot for job. won is true only if this term moved the
+// job's last claimed slot from an earlier slot to slot; paused then reports
+// whether the job was paused (its pause flag read in the same
+// transaction, or in the re-read that resolved an unknown outcome), in
+// which case the slot is spent and must not be triggered.
+//
+// Claim returns won=false with a nil error when slot (or a later one) was
+// already claimed by someone else, and ErrNotLeader when the session lost
+// the lock. An error for which NotApplied reports true means Consul
+// refused the claim (an ACL denial, say): the slot is certainly not
+// claimed. Any other error means the outcome is unknown; calling Claim
+// again resolves it: it re-reads the record and reports won=true if the
+// earlier attempt was applied (the record holds slot with this term's
+// token and identity), so a claim that Consul applied but whose answer was
+// lost is still this term's to fire.
 func (t *Term) Claim(ctx context.Context, job string, slot time.Time) (won, paused bool, err error) {
 	return t.store.claim(ctx, job, slot.UTC(), t.token)
 }
 
 // TakeRequest consumes job's run-now request, written at index, under this
 // term's lock. It returns true for exactly one caller fleet-wide; false
-// with a nil error means the request is gone (taken, or withdrawn) or was
-// rewritten since index.
+// with a nil error means the request is gone (taken by a previous leader)
+// or was rewritten since index. The Txn is not cut short by ctx ending (a
+// shutdown must not leave a request deleted but unfired); when its answer
+// is lost, TakeRequest re-reads the request: gone while this term's lease
+// still runs means this term took it (no other leader can exist before the
+// lease ends, and nothing else deletes requests). An error means the
+// outcome stayed unknown: the request may be used up.
 func (t *Term) TakeRequest(ctx context.Context, job string, index uint64) (bool, error) {
-	return t.store.take(ctx, job, index)
+	return t.store.take(context.WithoutCancel(ctx), job, index)
 }
+
+// NotApplied reports whether err from Claim or TakeRequest says that
+// Consul certainly did not apply the write.
+func NotApplied(err error) bool {
+	var r *refusedError
+	return errors.Is(err, ErrNotLeader) || errors.As(err, &r)
+}
+
+// refusedError is a Txn that Consul answered but did not apply for a
+// reason other than a lost lock or a lost race (an ACL denial, say).
+type refusedError struct{ op, what string }
+
+func (e *refusedError) Error() string { return e.op + ": consul refused it: " + e.what }
+
+// NotApplied marks the write as certainly not applied.
+func (e *refusedError) NotApplied() bool { return true }
 
 // slotStore keeps each job's last claimed slot.
 type slotStore interface {
@@ -83,12 +112,14 @@ type consulSlots struct {
 
 	mu       sync.Mutex
 	known    map[string]claimState // per job: what we last read or wrote
+	won      map[string]time.Time  // per job: the last slot Claim reported won
 	inflight chan struct{}         // bounds concurrent requests
 }
 
 type claimState struct {
-	slot  time.Time
-	index uint64 // ModifyIndex of the record, 0 if absent
+	rec    claimRecord
+	index  uint64 // ModifyIndex of the record, 0 if absent
+	paused bool   // the job's pause flag, as of the same read
 }
 
 // maxClaimRequests bounds the Consul requests a term's claims have in
@@ -100,7 +131,7 @@ const maxClaimRequests = 64
 
 func newConsulTerm(e *Elector, s *session, token uint64) *Term {
 	return &Term{token: token, sess: s, store: &consulSlots{e: e, sess: s, known: map[string]claimState{},
-		inflight: make(chan struct{}, maxClaimRequests)}}
+		won: map[string]time.Time{}, inflight: make(chan struct{}, maxClaimRequests)}}
 }
 
 // acquire takes one of the term's request slots; release gives it back.
@@ -115,8 +146,11 @@ func (c *consulSlots) acquire(ctx context.Context) error {
 
 func (c *consulSlots) release() { <-c.inflight }
 
-func (c *consulSlots) key(job string) string { return c.e.opts.JobsPrefix + job + "/last" }
+func (c *consulSlots) key(job string) string    { return c.e.opts.JobsPrefix + job + "/last" }
+func (c *consulSlots) folder(job string) string { return c.e.opts.JobsPrefix + job + "/" }
 
+// read lists the job's folder with a consistent read: its last claimed
+// slot and its pause flag.
 func (c *consulSlots) read(ctx context.Context, job string) (claimState, error) {
 	if err := c.acquire(ctx); err != nil {
 		return claimState{}, fmt.Errorf("read last slot of %s: %w", job, err)
@@ -124,28 +158,46 @@ func (c *consulSlots) read(ctx context.Context, job string) (claimState, error) 
 	defer c.release()
 	rctx, cancel := context.WithTimeout(ctx, c.e.opts.requestTimeout())
 	defer cancel()
-	pair, _, err := c.e.client.KV().Get(c.key(job), (&api.QueryOptions{RequireConsistent: true}).WithContext(rctx))
+	pairs, _, err := c.e.client.KV().List(c.folder(job), (&api.QueryOptions{RequireConsistent: true}).WithContext(rctx))
 	if err != nil {
 		c.e.opts.Metrics.ConsulError("read_slot")
 		return claimState{}, fmt.Errorf("read last slot of %s: %w", job, err)
 	}
-	if pair == nil {
-		return claimState{}, nil
+	var st claimState
+	for _, p := range pairs {
+		switch p.Key {
+		case c.key(job):
+			if err := json.Unmarshal(p.Value, &st.rec); err != nil {
+				return claimState{}, fmt.Errorf("read last slot of %s: decode %s: %w", job, p.Key, err)
+			}
+			st.index = p.ModifyIndex
+		case c.folder(job) + "paused":
+			st.paused = true
+		}
 	}
-	var rec claimRecord
-	if err := json.Unmarshal(pair.Value, &rec); err != nil {
-		return claimState{}, fmt.Errorf("read last slot of %s: decode %s: %w", job, c.key(job), err)
-	}
-	st := claimState{slot: rec.Slot, index: pair.ModifyIndex}
-	c.mu.Lock()
-	c.known[job] = st
-	c.mu.Unlock()
+	c.remember(job, st)
 	return st, nil
+}
+
+func (c *consulSlots) remember(job string, st claimState) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st.index == 0 && !st.rec.Slot.IsZero() {
+		delete(c.known, job) // a write without its index: read next time
+		return
+	}
+	c.known[job] = st
+}
+
+func (c *consulSlots) forget(job string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.known, job)
 }
 
 func (c *consulSlots) last(ctx context.Context, job string) (time.Time, error) {
 	st, err := c.read(ctx, job)
-	return st.slot, err
+	return st.rec.Slot, err
 }
 
 func (c *consulSlots) claim(ctx context.Context, job string, slot time.Time, token uint64) (won, paused bool, err error) {
@@ -159,7 +211,12 @@ func (c *consulSlots) claim(ctx context.Context, job string, slot time.Time, tok
 	}
 	// Two rounds at most: the second after a CAS miss re-read the record.
 	for range 2 {
-		if !st.slot.Before(slot) {
+		if c.mine(job, st, slot, token) {
+			// An earlier attempt whose answer was lost was applied.
+			c.markWon(job, slot)
+			return true, st.paused, nil
+		}
+		if !st.rec.Slot.Before(slot) {
 			return false, false, nil
 		}
 		won, paused, err := c.txn(ctx, job, slot, token, st.index)
@@ -173,88 +230,140 @@ func (c *consulSlots) claim(ctx context.Context, job string, slot time.Time, tok
 	return false, false, nil
 }
 
+// mine reports whether st shows slot claimed by this term (its token and
+// identity) without Claim having reported it won yet.
+func (c *consulSlots) mine(job string, st claimState, slot time.Time, token uint64) bool {
+	if !st.rec.Slot.Equal(slot) || st.rec.FencingToken != token || st.rec.ID != c.e.opts.ID {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.won[job].Equal(slot)
+}
+
+func (c *consulSlots) markWon(job string, slot time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.won[job] = slot
+}
+
 // txn runs [check-session on the lock key, cas on the job's record,
 // get-tree of the job's folder]. won reports success, paused whether the
 // folder holds a pause flag; a failed CAS returns won=false and a nil
-// error.
+// error. Consul applies a Txn whole or not at all, so any other failure
+// is a refusedError (or ErrNotLeader), and a transport error is unknown.
 func (c *consulSlots) txn(ctx context.Context, job string, slot time.Time, token, index uint64) (won, paused bool, err error) {
-	value, err := json.Marshal(claimRecord{Slot: slot, FencingToken: token, ID: c.e.opts.ID, ClaimedAt: time.Now().UTC()})
+	op := "claim " + job + "@" + slot.Format(time.RFC3339)
+	rec := claimRecord{Slot: slot, FencingToken: token, ID: c.e.opts.ID, ClaimedAt: time.Now().UTC()}
+	value, err := json.Marshal(rec)
 	if err != nil {
-		return false, false, fmt.Errorf("claim %s@%s: encode: %w", job, slot.Format(time.RFC3339), err)
+		return false, false, fmt.Errorf("%s: encode: %w", op, err)
 	}
-	folder := c.e.opts.JobsPrefix + job + "/"
 	if err := c.acquire(ctx); err != nil {
-		return false, false, fmt.Errorf("claim %s@%s: %w", job, slot.Format(time.RFC3339), err)
+		return false, false, fmt.Errorf("%s: %w", op, err)
 	}
 	defer c.release()
 	ops := api.TxnOps{
 		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: c.e.opts.Key, Session: c.sess.id}},
 		{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: c.key(job), Value: value, Index: index}},
-		{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: folder}},
+		{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: c.folder(job)}},
 	}
 	rctx, cancel := context.WithTimeout(ctx, c.e.opts.requestTimeout())
 	defer cancel()
 	ok, resp, _, err := c.e.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(rctx))
 	if err != nil {
-		c.mu.Lock()
-		delete(c.known, job) // the write may or may not have happened
-		c.mu.Unlock()
+		c.forget(job) // the write may or may not have happened
 		c.e.opts.Metrics.ConsulError("claim")
-		return false, false, fmt.Errorf("claim %s@%s: %w", job, slot.Format(time.RFC3339), err)
+		return false, false, fmt.Errorf("%s: %w", op, err)
 	}
-	if ok {
-		st := claimState{slot: slot}
-		if len(resp.Results) > 1 && resp.Results[1].KV != nil {
-			st.index = resp.Results[1].KV.ModifyIndex
+	if !ok {
+		return false, false, c.txnFailed(op, resp, 1)
+	}
+	st := claimState{rec: rec}
+	if len(resp.Results) > 1 && resp.Results[1].KV != nil {
+		st.index = resp.Results[1].KV.ModifyIndex
+	}
+	for _, r := range resp.Results[min(2, len(resp.Results)):] {
+		if r.KV != nil && r.KV.Key == c.folder(job)+"paused" {
+			st.paused = true
 		}
-		for _, r := range resp.Results[min(2, len(resp.Results)):] {
-			if r.KV != nil && r.KV.Key == folder+"paused" {
-				paused = true
-			}
-		}
-		c.mu.Lock()
-		if st.index != 0 {
-			c.known[job] = st
-		} else {
-			delete(c.known, job)
-		}
-		c.mu.Unlock()
-		return true, paused, nil
+	}
+	c.remember(job, st)
+	c.markWon(job, slot)
+	return true, st.paused, nil
+}
+
+// txnFailed reads why Consul refused a Txn whose op 0 is check-session:
+// ErrNotLeader for op 0 (the session lost the lock), nil for a lost race
+// at raceOp, and a refusedError otherwise (an ACL denial, a malformed op).
+func (c *consulSlots) txnFailed(op string, resp *api.TxnResponse, raceOp int) error {
+	if resp == nil || len(resp.Errors) == 0 {
+		return &refusedError{op: op, what: "no reason given"}
 	}
 	for _, te := range resp.Errors {
-		if te.OpIndex == 0 {
+		if te.OpIndex == 0 && !containsAny(te.What, "ermission denied", "lacks permission") {
 			c.sess.lose(ErrNotLeader)
-			return false, false, ErrNotLeader
+			return ErrNotLeader
 		}
 	}
-	return false, false, nil
+	// Consul lists every op that failed: the race op among them (and no
+	// denial) is a lost race, whatever follows it.
+	for _, te := range resp.Errors {
+		if containsAny(te.What, "ermission denied", "lacks permission") {
+			c.e.opts.Metrics.ConsulError("txn_refused")
+			return &refusedError{op: op, what: te.What}
+		}
+	}
+	for _, te := range resp.Errors {
+		if te.OpIndex == raceOp {
+			return nil
+		}
+	}
+	c.e.opts.Metrics.ConsulError("txn_refused")
+	return &refusedError{op: op, what: resp.Errors[0].What}
 }
 
 func (c *consulSlots) take(ctx context.Context, job string, index uint64) (bool, error) {
+	op := "take run request of " + job
+	key := c.e.opts.RequestsPrefix + job
 	ops := api.TxnOps{
 		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: c.e.opts.Key, Session: c.sess.id}},
 		// delete-cas alone succeeds on a missing key: check-index
 		// fails unless the request is there, at index.
-		{KV: &api.KVTxnOp{Verb: api.KVCheckIndex, Key: c.e.opts.RequestsPrefix + job, Index: index}},
-		{KV: &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: c.e.opts.RequestsPrefix + job, Index: index}},
+		{KV: &api.KVTxnOp{Verb: api.KVCheckIndex, Key: key, Index: index}},
+		{KV: &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: key, Index: index}},
 	}
 	rctx, cancel := context.WithTimeout(ctx, c.e.opts.requestTimeout())
 	defer cancel()
 	ok, resp, _, err := c.e.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(rctx))
 	if err != nil {
 		c.e.opts.Metrics.ConsulError("take_request")
-		return false, fmt.Errorf("take run request of %s: %w", job, err)
+		return c.takeResolve(ctx, op, key, index, err)
 	}
 	if ok {
 		return true, nil
 	}
-	for _, te := range resp.Errors {
-		if te.OpIndex == 0 {
-			c.sess.lose(ErrNotLeader)
-			return false, ErrNotLeader
-		}
+	return false, c.txnFailed(op, resp, 1)
+}
+
+// takeResolve learns whether a take whose answer was lost was applied:
+// the request gone while this term's lease still runs means it was (see
+// TakeRequest).
+func (c *consulSlots) takeResolve(ctx context.Context, op, key string, index uint64, cause error) (bool, error) {
+	rctx, cancel := context.WithTimeout(ctx, c.e.opts.requestTimeout())
+	defer cancel()
+	pair, _, err := c.e.client.KV().Get(key, (&api.QueryOptions{RequireConsistent: true}).WithContext(rctx))
+	switch {
+	case err != nil:
+		return false, fmt.Errorf("%s: outcome unknown: %w (re-read: %v)", op, cause, err)
+	case pair != nil && pair.ModifyIndex == index:
+		return false, nil // not applied: still pending, taken next round
+	case c.sess.remaining() <= 0:
+		return false, fmt.Errorf("%s: outcome unknown: %w (request gone, lease ended)", op, cause)
 	}
-	return false, nil
+	// Gone, or replaced by a newer request (requests are only created
+	// where none is pending): the take was applied.
+	return true, nil
 }
 
 // Standalone is the LEADERCRON_LOCK=none mode: always the leader, no

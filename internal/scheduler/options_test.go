@@ -309,16 +309,16 @@ func TestRunNow(t *testing.T) {
 	h.clock.waitPending(t, at(100*sec))
 	ctx := context.Background()
 	req := at(3 * sec)
-	if err := h.s.RunNow(ctx, h.term, "mail", req); err != nil {
+	if err := h.s.RunNow(ctx, h.term, "mail", req, "r1"); err != nil {
 		t.Fatal(err)
 	}
 	if r := h.app.next(t); !r.RunNow || !r.Slot.Equal(req) || r.FencingToken != 42 {
 		t.Errorf("run = %+v, want a run-now for %s", r, req)
 	}
-	if err := h.s.RunNow(ctx, h.term, "mail", at(4*sec)); err != nil {
+	if err := h.s.RunNow(ctx, h.term, "mail", at(4*sec), "r2"); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.s.RunNow(ctx, h.term, "nope", req); err == nil {
+	if err := h.s.RunNow(ctx, h.term, "nope", req, "r3"); err == nil {
 		t.Error("RunNow of an unknown job: no error")
 	}
 	h.app.release("mail")

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -44,8 +45,18 @@ type Term interface {
 	Remaining() time.Duration
 	LastSlot(ctx context.Context, job string) (time.Time, error)
 	// Claim claims a slot; paused reports that the job is paused, in
-	// which case the slot is spent without a trigger.
+	// which case the slot is spent without a trigger. An error means the
+	// outcome is unknown, unless it has a method NotApplied() bool that
+	// reports true (the claim was certainly not applied); calling Claim
+	// again for the same slot resolves an unknown outcome, reporting
+	// won=true if the earlier attempt was applied.
 	Claim(ctx context.Context, job string, slot time.Time) (won, paused bool, err error)
+}
+
+// notApplied reports whether err says the write was certainly not applied.
+func notApplied(err error) bool {
+	var na interface{ NotApplied() bool }
+	return errors.As(err, &na) && na.NotApplied()
 }
 
 // Run is one trigger of a slot.
@@ -56,6 +67,9 @@ type Run struct {
 	Deadline     time.Time
 	Attempt      int  // 1 for the first send, 2 for the first retry, ...
 	RunNow       bool // a run-now request, not a scheduled slot
+	// Request is the run-now request's id: it, not the slot, tells one
+	// run-now from another and from a scheduled slot in the same second.
+	Request string
 }
 
 // Result is what became of a run, as the app answered it.
@@ -64,9 +78,13 @@ type Result struct {
 	Status   int
 	Duration time.Duration
 	Err      error
-	// Retryable reports a failure worth sending again: the app could not
-	// be reached, or answered 5xx. A run that timed out is not: the app
-	// may still be running it.
+	// Reason qualifies a failure for the record, such as no_answer: the
+	// trigger was sent and no answer came, so the app may have run it.
+	Reason string
+	// Retryable reports a failure worth sending again: the request
+	// certainly did not reach the app, or the app answered 5xx. A run
+	// that timed out or lost its answer is not: the app may be running
+	// it.
 	Retryable bool
 }
 
@@ -109,8 +127,17 @@ const (
 	ReasonNoLeader  = "no_leader" // missed: fell due while no sidecar led, not caught up
 	ReasonOverslept = "overslept" // missed: this leader woke too late for it
 	ReasonLease     = "lease_short"
-	ReasonClaim     = "claim_failed"
-	ReasonEnded     = "leadership_ended" // missed: leadership ended while it waited
+	// ReasonClaim: Consul refused the claim (an ACL denial, say): the
+	// slot is certainly not claimed.
+	ReasonClaim = "claim_failed"
+	// ReasonClaimUnknown: no answer to the claim, and none to the
+	// re-reads that would resolve it, before the lease ran short or the
+	// next slot fell due: the slot may be claimed, and nobody fires it.
+	ReasonClaimUnknown = "claim_unknown"
+	// ReasonTakeUnknown: a run-now request whose take got no answer and
+	// could not be re-read: it may be used up without firing.
+	ReasonTakeUnknown = "take_unknown"
+	ReasonEnded       = "leadership_ended" // missed: leadership ended while it waited
 )
 
 // onTimeGrace is how late a slot may fire for a job without catch-up: a
@@ -182,6 +209,7 @@ type LastRun struct {
 	Attempts     int
 	FencingToken uint64
 	RunNow       bool
+	Request      string // the run-now request's id
 	// Until, for a range of missed slots recorded at once, is the last
 	// slot of the range; Slot is the first.
 	Until time.Time
@@ -231,26 +259,35 @@ func (s *Scheduler) Lead(ctx context.Context, term Term) {
 }
 
 // RunNow fires job once, outside its schedule, under term: the caller has
-// taken a run-now request (exactly once fleet-wide). requested is the
-// request's time; it is sent as the run's slot. Overlap and group rules
-// apply as to any slot. It returns an error only for an unknown job.
-func (s *Scheduler) RunNow(ctx context.Context, term Term, job string, requested time.Time) error {
+// taken run-now request id (exactly once fleet-wide). requested is the
+// request's time; it is sent as the run's slot, and the request id tells
+// the run apart from a scheduled slot of the same second. Overlap and
+// group rules apply as to any slot. A request taken as leadership ends
+// still fires, inside the drain, if the lease allows: it is used up
+// either way. It returns an error only for an unknown job.
+func (s *Scheduler) RunNow(ctx context.Context, term Term, job string, requested time.Time, id string) error {
 	j, ok := s.byName[job]
 	if !ok {
 		return fmt.Errorf("run now: unknown job %q", job)
 	}
-	log := s.log.With("job", j.Name, "fencing_token", term.Token(), "run_now", true)
-	if ctx.Err() != nil {
-		// Taken just as leadership ended: it will not fire.
-		s.finish(log, j, LastRun{Slot: requested, Outcome: OutcomeMissed, Reason: ReasonEnded, RunNow: true, FencingToken: term.Token()})
-		return nil
-	}
+	log := s.log.With("job", j.Name, "fencing_token", term.Token(), "run_now", true, "request", id)
 	if term.Remaining() < s.opts.LeaseMargin {
-		s.finish(log, j, LastRun{Slot: requested, Outcome: OutcomeMissed, Reason: ReasonLease, RunNow: true, FencingToken: term.Token()})
+		s.finish(log, j, LastRun{Slot: requested, Outcome: OutcomeMissed, Reason: ReasonLease, RunNow: true, Request: id, FencingToken: term.Token()})
 		return nil
 	}
-	s.dispatch(ctx, term, log, j, requested, true)
+	s.dispatch(ctx, term, log, j, requested, id)
 	return nil
+}
+
+// RequestLost records run-now request id of job as missed with reason:
+// the caller could not tell whether taking it used it up.
+func (s *Scheduler) RequestLost(job string, requested time.Time, id string, token uint64, reason string) {
+	j, ok := s.byName[job]
+	if !ok {
+		return
+	}
+	log := s.log.With("job", j.Name, "fencing_token", token, "run_now", true, "request", id)
+	s.finish(log, j, LastRun{Slot: requested, Outcome: OutcomeMissed, Reason: reason, RunNow: true, Request: id, FencingToken: token})
 }
 
 // Wait waits until every run dispatched so far has finished, or ctx ends;
@@ -330,7 +367,7 @@ func (s *Scheduler) runJob(ctx context.Context, term Term, j Job) {
 			s.finish(log, j, LastRun{Slot: slot, Outcome: OutcomeMissed, Reason: ReasonLease, FencingToken: term.Token()})
 			continue
 		}
-		s.dispatch(ctx, term, log, j, slot, false)
+		s.dispatch(ctx, term, log, j, slot, "")
 	}
 }
 
@@ -366,12 +403,15 @@ func (s *Scheduler) catchUpFrom(log hclog.Logger, j Job, last, now time.Time) ti
 	return from
 }
 
-// claim claims slot, retrying an unknown outcome while the lease lasts and
-// the next slot is not yet due. done reports that leadership is over.
+// claim claims slot. An unknown outcome is retried (the retry re-reads
+// the record and resolves it) while the lease lasts and the next slot is
+// not yet due; a slot whose claim stays unknown, or that Consul refused,
+// is recorded as missed with its reason. done reports that leadership is
+// over.
 func (s *Scheduler) claim(ctx context.Context, term Term, j Job, slot time.Time, log hclog.Logger) (won, paused, done bool) {
 	wait := s.opts.ClaimRetry
 	nextSlot := j.Schedule.Next(slot.In(j.Location))
-	for {
+	for attempt := 1; ; attempt++ {
 		// The claim is not cancelled with the leadership: a shutdown
 		// that cut the request short could leave the slot claimed in
 		// Consul but neither fired nor recorded. A claim that wins
@@ -381,17 +421,29 @@ func (s *Scheduler) claim(ctx context.Context, term Term, j Job, slot time.Time,
 		if err == nil {
 			return won, paused, false
 		}
-		if ctx.Err() != nil {
-			return false, false, true
+		ended := ctx.Err() != nil
+		missed := LastRun{Slot: slot, Outcome: OutcomeMissed, Reason: ReasonClaimUnknown, FencingToken: term.Token()}
+		if notApplied(err) {
+			// Certainly not claimed. With the lock lost (ended), the
+			// next leader fires or records the slot.
+			log.Warn("claim slot refused", "slot", slotString(slot), "error", err)
+			if !ended {
+				missed.Reason = ReasonClaim
+				s.finish(log, j, missed)
+			}
+			return false, false, ended
 		}
-		log.Warn("claim slot failed", "slot", slotString(slot), "error", err)
-		if term.Remaining() < s.opts.LeaseMargin || !s.clock.Now().Add(wait).Before(nextSlot) {
-			s.finish(log, j, LastRun{Slot: slot, Outcome: OutcomeMissed, Reason: ReasonClaim, FencingToken: term.Token()})
-			return false, false, false
+		log.Warn("claim slot outcome unknown", "slot", slotString(slot), "attempt", attempt, "error", err)
+		// At shutdown one more attempt resolves the outcome, at once.
+		if term.Remaining() < s.opts.LeaseMargin || !s.clock.Now().Add(wait).Before(nextSlot) || (ended && attempt > 1) {
+			s.finish(log, j, missed)
+			return false, false, ended
+		}
+		if ended {
+			continue
 		}
 		select {
 		case <-ctx.Done():
-			return false, false, true
 		case <-s.clock.After(wait):
 		}
 		wait = min(2*wait, time.Second)
@@ -474,12 +526,13 @@ func (s *Scheduler) latestDue(log hclog.Logger, j Job, slot time.Time, reason st
 
 // dispatch starts one run of j for slot, unless the job's previous run is
 // in flight and overlap is forbidden.
-func (s *Scheduler) dispatch(ctx context.Context, term Term, log hclog.Logger, j Job, slot time.Time, runNow bool) {
+func (s *Scheduler) dispatch(ctx context.Context, term Term, log hclog.Logger, j Job, slot time.Time, request string) {
+	runNow := request != ""
 	s.mu.Lock()
 	st := s.state[j.Name]
 	if !j.AllowOverlap && st.running > 0 {
 		s.mu.Unlock()
-		s.finish(log, j, LastRun{Slot: slot, Outcome: OutcomeSkipped, Reason: ReasonOverlap, RunNow: runNow, FencingToken: term.Token()})
+		s.finish(log, j, LastRun{Slot: slot, Outcome: OutcomeSkipped, Reason: ReasonOverlap, RunNow: runNow, Request: request, FencingToken: term.Token()})
 		return
 	}
 	st.running++
@@ -488,7 +541,7 @@ func (s *Scheduler) dispatch(ctx context.Context, term Term, log hclog.Logger, j
 	}
 	s.inflight++
 	s.mu.Unlock()
-	r := Run{Job: j.Name, Slot: slot, FencingToken: term.Token(), Deadline: s.clock.Now().Add(j.Timeout), RunNow: runNow}
+	r := Run{Job: j.Name, Slot: slot, FencingToken: term.Token(), Deadline: s.clock.Now().Add(j.Timeout), RunNow: runNow, Request: request}
 	log.Debug("run dispatched", "slot", slotString(slot), "deadline", r.Deadline.UTC())
 	go func() {
 		defer func() {
@@ -509,7 +562,7 @@ func (s *Scheduler) dispatch(ctx context.Context, term Term, log hclog.Logger, j
 // deadline, so a shutdown waits for it instead of cutting the app's run in
 // half. Waiting for the group or for a retry ends with the leadership.
 func (s *Scheduler) run(ctx context.Context, term Term, log hclog.Logger, j Job, r Run) LastRun {
-	lr := LastRun{Slot: r.Slot, RunNow: r.RunNow, FencingToken: r.FencingToken}
+	lr := LastRun{Slot: r.Slot, RunNow: r.RunNow, Request: r.Request, FencingToken: r.FencingToken}
 	if sem := s.groups[j.Group]; sem != nil {
 		select {
 		case sem <- struct{}{}:
@@ -544,7 +597,7 @@ func (s *Scheduler) run(ctx context.Context, term Term, log hclog.Logger, j Job,
 		res := s.app.Trigger(context.Background(), r)
 		s.opts.Observer.TriggerDone(j.Name, res.Duration)
 		lr.Outcome, lr.Status, lr.Duration, lr.Attempts = res.Outcome, res.Status, res.Duration, attempt
-		lr.Reason = ""
+		lr.Reason = res.Reason
 		if res.Outcome == OutcomeSkipped {
 			lr.Reason = ReasonOverlap // the app says the job already runs
 		}
@@ -583,13 +636,10 @@ func (s *Scheduler) finish(log hclog.Logger, j Job, lr LastRun) {
 	if lr.Attempts > 0 {
 		fields = append(fields, "http_status", lr.Status, "duration", lr.Duration.Round(time.Millisecond), "attempts", lr.Attempts)
 	}
-	if lr.RunNow {
-		fields = append(fields, "run_now", true)
-	}
 	switch lr.Outcome {
 	case OutcomeMissed:
 		// logged where the slots were found missed, with more detail
-		if lr.Reason == ReasonLease || lr.Reason == ReasonClaim || lr.Reason == ReasonEnded {
+		if lr.Reason != ReasonNoLeader && lr.Reason != ReasonOverslept {
 			log.Warn("slot missed", fields...)
 		}
 	case OutcomeSkipped:

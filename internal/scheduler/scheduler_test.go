@@ -63,6 +63,10 @@ type fakeTerm struct {
 	lastSlots    int // LastSlot calls
 	// afterClaim, if set, runs after every Claim call, outside the lock.
 	afterClaim func(c claimCall)
+	// unknownWins are slots whose claim was applied although its caller
+	// got an error: like leader.Term, a retry reports them won, once.
+	unknownWins map[string]time.Time
+	claimErr    error // what failing claims return; errClaim if nil
 }
 
 var (
@@ -71,7 +75,8 @@ var (
 )
 
 func newFakeTerm(token uint64) *fakeTerm {
-	return &fakeTerm{token: token, remaining: time.Hour, last: map[string]time.Time{}, paused: map[string]bool{}}
+	return &fakeTerm{token: token, remaining: time.Hour, last: map[string]time.Time{}, paused: map[string]bool{},
+		unknownWins: map[string]time.Time{}}
 }
 
 func (f *fakeTerm) Token() uint64 {
@@ -109,6 +114,12 @@ func (f *fakeTerm) Claim(ctx context.Context, job string, slot time.Time) (won, 
 	case f.claimErrs > 0:
 		f.claimErrs--
 		c.err = errClaim
+		if f.claimErr != nil {
+			c.err = f.claimErr
+		}
+	case f.unknownWins[job].Equal(slot) && !slot.IsZero():
+		delete(f.unknownWins, job)
+		c.won = true
 	case f.last[job].Before(slot):
 		f.last[job] = slot
 		c.won = true
@@ -125,6 +136,14 @@ func (f *fakeTerm) Claim(ctx context.Context, job string, slot time.Time) (won, 
 		return false, false, err
 	}
 	return c.won, c.won && f.isPaused(job), c.err
+}
+
+// applyUnknown stores slot as claimed by an attempt that got an error.
+func (f *fakeTerm) applyUnknown(job string, slot time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.last[job] = slot
+	f.unknownWins[job] = slot
 }
 
 func (f *fakeTerm) isPaused(job string) bool {
@@ -161,6 +180,13 @@ func (f *fakeTerm) setClaimErrs(n int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.claimErrs = n
+}
+
+// setClaimErr makes every claim fail with err.
+func (f *fakeTerm) setClaimErr(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.claimErrs, f.claimErr = 1<<30, err
 }
 
 func (f *fakeTerm) claimCalls() []claimCall {
@@ -692,7 +718,7 @@ func TestClaimRetry(t *testing.T) {
 		if n := len(h.term.claimCalls()); n != len(wantWaits)+1 {
 			t.Errorf("%d claim attempts, want %d", n, len(wantWaits)+1)
 		}
-		checkLast(t, h.status("sweep").Last, LastRun{Slot: at(10 * sec), Outcome: OutcomeMissed, Reason: "claim_failed"})
+		checkLast(t, h.status("sweep").Last, LastRun{Slot: at(10 * sec), Outcome: OutcomeMissed, Reason: ReasonClaimUnknown})
 
 		// Claims work again: the next slot fires.
 		h.term.setClaimErrs(0)
@@ -717,20 +743,20 @@ func TestClaimRetry(t *testing.T) {
 		if n := len(h.term.claimCalls()); n != 1 {
 			t.Errorf("%d claim attempts, want 1", n)
 		}
-		checkLast(t, h.status("sweep").Last, LastRun{Slot: at(10 * sec), Outcome: OutcomeMissed, Reason: "claim_failed"})
+		checkLast(t, h.status("sweep").Last, LastRun{Slot: at(10 * sec), Outcome: OutcomeMissed, Reason: ReasonClaimUnknown})
 		if rest := h.finish(); len(rest) != 0 {
 			checkSlots(t, "triggers", rest)
 		}
 	})
 
 	t.Run("write applied but reply lost", func(t *testing.T) {
-		// The failed claim did store the slot: the retry loses, and the
-		// slot must not be triggered a second time by anyone.
+		// The failed claim did store the slot: the retry resolves it
+		// as this term's, and the slot fires once.
 		h := newHarness(t, []Job{job("sweep", 10*sec)}, Options{LeaseMargin: 5 * sec, ClaimRetry: retry})
 		h.term.setClaimErrs(1)
 		h.term.afterClaim = func(c claimCall) {
 			if c.err != nil {
-				h.term.setLast(c.job, c.slot)
+				h.term.applyUnknown(c.job, c.slot)
 			}
 		}
 		h.lead()
@@ -738,18 +764,81 @@ func TestClaimRetry(t *testing.T) {
 		h.clock.AdvanceTo(at(10 * sec))
 		d := h.clock.nextWaiter(t)
 		h.clock.AdvanceTo(d)
+		checkRun(t, h.app.next(t), "sweep", at(10*sec), 42, d.Add(30*sec))
 		if d := h.clock.nextWaiter(t); !d.Equal(at(20 * sec)) {
 			t.Fatalf("then wait until %s, want %s", d.UTC(), at(20*sec).UTC())
 		}
 		if rest := h.finish(); len(rest) != 0 {
-			checkSlots(t, "triggers", rest)
+			checkSlots(t, "extra triggers", rest)
 		}
 		checkClaims(t, h.term.claimCalls(),
 			claimCall{job: "sweep", slot: at(10 * sec), err: errClaim},
-			claimCall{job: "sweep", slot: at(10 * sec)},
+			claimCall{job: "sweep", slot: at(10 * sec), won: true},
 		)
 	})
+
+	t.Run("refused", func(t *testing.T) {
+		// Consul refused the claim: certainly not claimed, recorded as
+		// claim_failed at once, not retried.
+		h := newHarness(t, []Job{job("sweep", 10*sec)}, Options{LeaseMargin: 5 * sec, ClaimRetry: retry})
+		h.term.setClaimErr(errRefused{})
+		h.lead()
+		h.clock.waitPending(t, at(10*sec))
+		h.clock.AdvanceTo(at(10 * sec))
+		h.clock.waitPending(t, at(20*sec))
+		checkLast(t, h.status("sweep").Last, LastRun{Slot: at(10 * sec), Outcome: OutcomeMissed, Reason: ReasonClaim})
+		if n := len(h.term.claimCalls()); n != 1 {
+			t.Errorf("%d claim attempts, want 1", n)
+		}
+		if rest := h.finish(); len(rest) != 0 {
+			checkSlots(t, "triggers", rest)
+		}
+	})
+
+	t.Run("shutdown while the outcome is unknown", func(t *testing.T) {
+		// Leadership ends while a claim's answer is lost: one more
+		// attempt resolves it at once; applied, it fires (inside the
+		// drain); still unknown, it is recorded, never dropped.
+		for _, applied := range []bool{true, false} {
+			opts, rec := withRecorder(Options{LeaseMargin: 5 * sec, ClaimRetry: retry})
+			h := newHarness(t, []Job{job("sweep", 10*sec)}, opts)
+			if applied {
+				h.term.setClaimErrs(1)
+			} else {
+				h.term.setClaimErrs(1 << 30)
+			}
+			h.term.afterClaim = func(c claimCall) {
+				if c.err != nil && applied {
+					h.term.applyUnknown(c.job, c.slot)
+				}
+				h.cancel() // the SIGTERM lands while the claim is in flight
+			}
+			h.lead()
+			h.clock.waitPending(t, at(10*sec))
+			h.clock.AdvanceTo(at(10 * sec))
+			rest := h.finish()
+			if applied {
+				if len(rest) != 1 || !rest[0].Slot.Equal(at(10*sec)) {
+					t.Errorf("applied: triggers %v, want the slot once", rest)
+				}
+				continue
+			}
+			if len(rest) != 0 {
+				t.Errorf("unknown: triggers %v, want none", rest)
+			}
+			checkRecorded(t, rec.all(), LastRun{Outcome: OutcomeMissed, Reason: ReasonClaimUnknown, Slot: at(10 * sec)})
+			if n := len(h.term.claimCalls()); n != 2 {
+				t.Errorf("unknown: %d claim attempts, want 2", n)
+			}
+		}
+	})
 }
+
+// errRefused is a claim error that says Consul did not apply it.
+type errRefused struct{}
+
+func (errRefused) Error() string    { return "fake: claim refused" }
+func (errRefused) NotApplied() bool { return true }
 
 // 6. Lead returns promptly when its context ends, without waiting for a
 // trigger in flight; Wait waits for it.
