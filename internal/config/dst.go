@@ -8,7 +8,7 @@ import (
 
 // wallClock returns s, or, for a schedule in a time zone other than UTC that
 // fires at chosen hours, a schedule that keeps each wall-clock slot once
-// across daylight-saving transitions:
+// across daylight-saving transitions and other jumps of the zone's offset:
 //
 //   - a slot whose wall-clock time a jump forward skips (02:30 on the
 //     night clocks go from 02:00 to 03:00) fires at the jump, once;
@@ -20,6 +20,10 @@ import (
 // Schedules whose hour field is * (every hour or more often) follow real
 // time and are left alone, as cronie does: a job every 15 minutes keeps
 // running every 15 minutes through the repeated hour.
+//
+// The returned schedule's Next reports the zero time only when the
+// schedule never fires again, which robfig/cron decides by finding no slot
+// within five years; a transition never makes it give up.
 func wallClock(s *cron.SpecSchedule) Schedule {
 	const allHours = 1<<24 - 1
 	if s.Location == nil || s.Location == time.UTC || s.Hour&allHours == allHours {
@@ -37,13 +41,22 @@ type dstSchedule struct {
 	naive *cron.SpecSchedule // the same fields, in UTC: wall-clock arithmetic
 }
 
-// Next returns the first slot strictly after t.
+// Next returns the first slot strictly after t, or the zero time if the
+// schedule never fires again.
+//
+// It walks the wall-clock slots after t's wall-clock reading and resolves
+// each to its instant. The only slots that resolve to t or earlier are
+// those of a repeated range whose first occurrence t has passed, and
+// searchFrom starts past them, so the first slot resolved is almost
+// always the answer. The loop ends whatever the zone data, with no bound
+// that could turn a slow search into a false "never": each step moves the
+// wall clock forward by at least a second, and a wall-clock reading
+// resolves to within about a day of itself (UTC offsets lie within ±14
+// hours, and a jump spans at most a day), so the slots soon resolve after
+// t.
 func (d dstSchedule) Next(t time.Time) time.Time {
-	w := wall(t.In(d.loc))
-	// A wall-clock slot maps to a real instant at or before t only around
-	// a transition, so a few steps always suffice; the bound guards
-	// against an impossible schedule.
-	for range 1000 {
+	w := d.searchFrom(t)
+	for {
 		w = d.naive.Next(w)
 		if w.IsZero() {
 			return w
@@ -52,7 +65,37 @@ func (d dstSchedule) Next(t time.Time) time.Time {
 			return r.In(t.Location())
 		}
 	}
-	return time.Time{}
+}
+
+// searchFrom returns the wall-clock reading, as a UTC time, after which
+// the first slot that may fire after t lies: t's own reading, or, if t is
+// in the second occurrence of a range a jump back repeats, the last second
+// of that range, since every reading in it first occurred before t.
+func (d dstSchedule) searchFrom(t time.Time) time.Time {
+	lt := t.In(d.loc)
+	w := wall(lt)
+	start, _ := lt.ZoneBounds()
+	if start.IsZero() {
+		return w // the zone has no earlier transition
+	}
+	_, off := lt.Zone()
+	_, prevOff := start.Add(-time.Second).Zone()
+	if prevOff <= off {
+		return w // the zone began with a jump forward, or none
+	}
+	// The zone began with a jump back of delta: its first delta repeat
+	// the readings of the last delta of the zone before.
+	end := start.Add(time.Duration(prevOff-off) * time.Second)
+	if !t.Before(end) {
+		return w
+	}
+	// naive.Next returns the first slot strictly after its argument,
+	// truncated to the second: from a second before the end of the
+	// repeated range, it returns the first slot at or after that end.
+	if last := wall(end.In(d.loc)).Add(-time.Second); last.After(w) {
+		return last
+	}
+	return w
 }
 
 // wall returns t's wall-clock reading as a UTC time.
