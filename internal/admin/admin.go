@@ -70,8 +70,11 @@ type LastSlot struct {
 // HandoverResult is the body of POST /handover.
 type HandoverResult struct {
 	// Outcome is "released" (this sidecar led, drained the app and
-	// released the lock), "standby" (it did not lead) or "already"
-	// (it had handed over before).
+	// released the lock), "lost" (it led, but its lease ended during the
+	// handover: no drain, the lock expires), "standby" (it did not
+	// lead), "failed" (the drain timed out) or "already" (it had handed
+	// over before). Except for "already", the answer comes only after
+	// every run this sidecar sent has finished.
 	Outcome    string `json:"outcome"`
 	DurationMS int64  `json:"duration_ms"`
 	Error      string `json:"error,omitempty"`

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -92,42 +93,50 @@ func (s *sidecar) endCampaign(err error) {
 
 // handover is POST /handover: a leader stops scheduling, waits for its
 // runs, drains the app and releases the lock, and the call answers when
-// that is done; a standby answers at once. Either way the sidecar does not
-// campaign again.
+// that is done. A standby, or a leader whose lease ended during the
+// handover (no drain then: outcome "lost"), answers once the runs it sent
+// in earlier leaderships have finished, so that a preStop hook waiting on
+// it protects them too. Either way the sidecar does not campaign again.
 func (s *sidecar) handover(ctx context.Context) (admin.HandoverResult, error) {
 	start := time.Now()
 	s.mu.Lock()
 	already := s.handedOver
 	s.handedOver = true
-	cancel, done, leading := s.cancelCampaign, s.campaignDone, s.term != nil
+	cancel, done, leading, lost := s.cancelCampaign, s.campaignDone, s.term != nil, s.lostTerms
 	s.mu.Unlock()
 	res := admin.HandoverResult{Outcome: "standby"}
-	switch {
-	case already:
+	if already {
 		res.Outcome = "already"
 		return res, nil
-	case cancel == nil:
+	}
+	if cancel != nil {
+		s.log.Info("handover requested", "leading", leading)
+		cancel(errHandover)
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return res, ctx.Err()
+		}
+	} else {
 		s.log.Info("handover: not campaigning; will not lead")
-		return res, nil
 	}
-	if leading {
+	s.mu.Lock()
+	err, lostNow := s.campaignErr, s.lostTerms > lost
+	s.mu.Unlock()
+	switch {
+	case err != nil:
+		res.Outcome = "failed"
+		res.DurationMS = time.Since(start).Milliseconds()
+		return res, err
+	case leading && !lostNow:
 		res.Outcome = "released"
+	case leading:
+		res.Outcome = "lost"
 	}
-	s.log.Info("handover requested", "leading", leading)
-	cancel(errHandover)
-	select {
-	case <-done:
-	case <-ctx.Done():
-		return res, ctx.Err()
+	if !s.sched.Wait(ctx) {
+		return res, fmt.Errorf("handover: runs from an earlier leadership still in flight: %w", ctx.Err())
 	}
 	res.DurationMS = time.Since(start).Milliseconds()
-	s.mu.Lock()
-	err := s.campaignErr
-	s.mu.Unlock()
-	if err != nil {
-		res.Outcome = "failed"
-		return res, err
-	}
 	return res, nil
 }
 

@@ -38,6 +38,7 @@ type sidecar struct {
 	campaignDone   chan struct{}
 	campaignErr    error
 	handedOver     bool
+	lostTerms      int // leaderships that ended by a loss, not a drain
 	unknownReqs    map[string]bool // run requests for jobs this sidecar does not know, logged once
 }
 
@@ -93,6 +94,9 @@ func (s *sidecar) lead(ctx context.Context, term *leader.Term) error {
 		// once. Runs already sent finish on their own deadlines: the
 		// app is not drained, since it will be triggered again if this
 		// sidecar leads again.
+		s.mu.Lock()
+		s.lostTerms++
+		s.mu.Unlock()
 		return nil
 	}
 
