@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"sync"
 	"time"
 
@@ -38,7 +37,7 @@ type sidecar struct {
 	campaignDone   chan struct{}
 	campaignErr    error
 	handedOver     bool
-	lostTerms      int // leaderships that ended by a loss, not a drain
+	lostTerms      int             // leaderships that ended by a loss, not a drain
 	unknownReqs    map[string]bool // run requests for jobs this sidecar does not know, logged once
 }
 
@@ -46,7 +45,7 @@ type sidecar struct {
 func newSidecar(cfg config.Config, log hclog.Logger, m *metrics.Metrics, store *ledger.Store) *sidecar {
 	// No client-wide timeout: every trigger has its own deadline and
 	// every drain poll its own timeout.
-	app := appclient.New(cfg.AppURL, cfg.ID, &http.Client{})
+	app := appclient.New(cfg.AppURL, cfg.ID, appclient.NewHTTPClient())
 	jobs := make([]scheduler.Job, len(cfg.Jobs))
 	for i, j := range cfg.Jobs {
 		jobs[i] = scheduler.Job{Name: j.Name, Spec: j.Spec, Schedule: j.Schedule, Location: j.Location, Timeout: j.Timeout,
@@ -274,12 +273,18 @@ const statusHistory = 10
 type triggerer struct{ c *appclient.Client }
 
 func (t triggerer) Trigger(ctx context.Context, r scheduler.Run) scheduler.Result {
-	res := t.c.Trigger(ctx, appclient.Trigger{Job: r.Job, Slot: r.Slot, FencingToken: r.FencingToken, Deadline: r.Deadline, Attempt: r.Attempt})
-	return scheduler.Result{Outcome: res.Outcome, Status: res.Status, Duration: res.Duration, Err: res.Err, Retryable: retryable(res)}
+	res := t.c.Trigger(ctx, appclient.Trigger{Job: r.Job, Slot: r.Slot, FencingToken: r.FencingToken, Deadline: r.Deadline,
+		Attempt: r.Attempt, RunNow: r.Request})
+	out := scheduler.Result{Outcome: res.Outcome, Status: res.Status, Duration: res.Duration, Err: res.Err, Retryable: retryable(res)}
+	if res.Outcome == appclient.OutcomeFailed && res.Delivery == appclient.DeliveryUnknown {
+		out.Reason = appclient.ReasonNoAnswer
+	}
+	return out
 }
 
-// retryable: the app could not be reached, or answered 5xx. A run that hit
-// its deadline is not retried: the app may still be running it.
+// retryable: the request certainly did not reach the app, or the app
+// answered 5xx. A trigger that may have reached the app without an answer
+// (a reset, a deadline) is not sent again: the app may be running it.
 func retryable(res appclient.Result) bool {
 	if res.Err == nil || res.Outcome != appclient.OutcomeFailed {
 		return false
@@ -287,5 +292,5 @@ func retryable(res appclient.Result) bool {
 	if res.Status >= 500 {
 		return true
 	}
-	return res.Status == 0 && !errors.Is(res.Err, context.DeadlineExceeded)
+	return res.Delivery == appclient.DeliveryNotSent
 }

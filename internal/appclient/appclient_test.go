@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -45,6 +46,12 @@ func client(t *testing.T, srv *httptest.Server, path string) *appclient.Client {
 // a listener that was opened and closed again.
 func refusedClient(t *testing.T) *appclient.Client {
 	t.Helper()
+	return appclient.New(refusedURL(t), sidecarID, &http.Client{})
+}
+
+// refusedURL is the URL of an address that refuses connections.
+func refusedURL(t *testing.T) *url.URL {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -53,7 +60,7 @@ func refusedClient(t *testing.T) *appclient.Client {
 	if err := ln.Close(); err != nil {
 		t.Fatal(err)
 	}
-	return appclient.New(&url.URL{Scheme: "http", Host: addr}, sidecarID, &http.Client{})
+	return &url.URL{Scheme: "http", Host: addr}
 }
 
 // releaseAtEnd closes release, which held handlers block on, when the test
@@ -116,8 +123,9 @@ func TestTriggerRequest(t *testing.T) {
 				Attempt:      2,
 			}
 			res := client(t, srv, tc.base).Trigger(context.Background(), tr)
-			if res.Outcome != appclient.OutcomeFired || res.Status != http.StatusNoContent || res.Err != nil {
-				t.Fatalf("result %+v, want fired 204", res)
+			if res.Outcome != appclient.OutcomeFired || res.Status != http.StatusNoContent || res.Err != nil ||
+				res.Delivery != appclient.DeliveryAnswered {
+				t.Fatalf("result %+v, want fired 204, answered", res)
 			}
 			r := <-got
 
@@ -137,6 +145,9 @@ func TestTriggerRequest(t *testing.T) {
 				if got := r.header.Values(k); len(got) != 1 || got[0] != want {
 					t.Errorf("header %s: %q, want %q", k, got, want)
 				}
+			}
+			if got := r.header.Values("Leadercron-Run-Now"); got != nil {
+				t.Errorf("header Leadercron-Run-Now %q on a scheduled slot, want none", got)
 			}
 			hd := r.header.Get("Leadercron-Deadline")
 			d, err := time.Parse(time.RFC3339, hd)
@@ -196,6 +207,11 @@ func TestIdempotencyKey(t *testing.T) {
 	if a.IdempotencyKey() != want || b.IdempotencyKey() != want {
 		t.Errorf("keys %q and %q, want %q", a.IdempotencyKey(), b.IdempotencyKey(), want)
 	}
+	// A run-now is told apart by its request id, not its slot.
+	a.RunNow = "01HZX3"
+	if got, want := a.IdempotencyKey(), "payouts@run-now/01HZX3"; got != want {
+		t.Errorf("run-now key %q, want %q", got, want)
+	}
 }
 
 func TestTriggerOutcome(t *testing.T) {
@@ -223,8 +239,8 @@ func TestTriggerOutcome(t *testing.T) {
 				fmt.Fprintf(w, "  answer %d from the app\n", tc.status)
 			})
 			res := client(t, srv, "").Trigger(context.Background(), trigger("x"))
-			if res.Outcome != tc.outcome || res.Status != tc.status {
-				t.Errorf("outcome %q status %d, want %q %d", res.Outcome, res.Status, tc.outcome, tc.status)
+			if res.Outcome != tc.outcome || res.Status != tc.status || res.Delivery != appclient.DeliveryAnswered {
+				t.Errorf("outcome %q status %d delivery %v, want %q %d answered", res.Outcome, res.Status, res.Delivery, tc.outcome, tc.status)
 			}
 			if n := calls.Load(); n != 1 {
 				t.Errorf("app called %d times, want exactly once (no retries)", n)
@@ -272,8 +288,8 @@ func TestTriggerDeadline(t *testing.T) {
 	default:
 		t.Fatal("the request never reached the app")
 	}
-	if res.Outcome != appclient.OutcomeFailed || res.Status != 0 {
-		t.Errorf("outcome %q status %d, want failed with no status", res.Outcome, res.Status)
+	if res.Outcome != appclient.OutcomeFailed || res.Status != 0 || res.Delivery != appclient.DeliveryUnknown {
+		t.Errorf("outcome %q status %d delivery %v, want failed with no status, unknown", res.Outcome, res.Status, res.Delivery)
 	}
 	if !errors.Is(res.Err, context.DeadlineExceeded) {
 		t.Errorf("err %v, want a deadline error", res.Err)
@@ -290,8 +306,9 @@ func TestTriggerDeadlinePassed(t *testing.T) {
 	tr := trigger("late")
 	tr.Deadline = time.Now().Add(-time.Second)
 	res := client(t, srv, "").Trigger(context.Background(), tr)
-	if res.Outcome != appclient.OutcomeFailed || !errors.Is(res.Err, context.DeadlineExceeded) {
-		t.Errorf("result %+v, want failed with a deadline error", res)
+	if res.Outcome != appclient.OutcomeFailed || !errors.Is(res.Err, context.DeadlineExceeded) ||
+		res.Delivery != appclient.DeliveryNotSent {
+		t.Errorf("result %+v, want failed with a deadline error, not sent", res)
 	}
 	if n := calls.Load(); n != 0 {
 		t.Errorf("app called %d times after the deadline, want 0", n)
@@ -313,19 +330,29 @@ func TestTriggerContextCanceled(t *testing.T) {
 		cancel()
 	}()
 	res := client(t, srv, "").Trigger(ctx, trigger("x"))
-	if res.Outcome != appclient.OutcomeFailed || !errors.Is(res.Err, context.Canceled) {
-		t.Errorf("result %+v, want failed, canceled", res)
+	if res.Outcome != appclient.OutcomeFailed || !errors.Is(res.Err, context.Canceled) ||
+		res.Delivery != appclient.DeliveryUnknown {
+		t.Errorf("result %+v, want failed, canceled, unknown", res)
 	}
 }
 
 func TestTriggerConnectionRefused(t *testing.T) {
 	t.Parallel()
-	res := refusedClient(t).Trigger(context.Background(), trigger("x"))
-	if res.Outcome != appclient.OutcomeFailed || res.Status != 0 {
-		t.Errorf("outcome %q status %d, want failed with no status", res.Outcome, res.Status)
-	}
-	if !errors.Is(res.Err, syscall.ECONNREFUSED) {
-		t.Errorf("err %v, want connection refused", res.Err)
+	for name, hc := range map[string]*http.Client{"plain client": {}, "NewHTTPClient": appclient.NewHTTPClient()} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			res := appclient.New(refusedURL(t), sidecarID, hc).Trigger(context.Background(), trigger("x"))
+			if res.Outcome != appclient.OutcomeFailed || res.Status != 0 {
+				t.Errorf("outcome %q status %d, want failed with no status", res.Outcome, res.Status)
+			}
+			if !errors.Is(res.Err, syscall.ECONNREFUSED) {
+				t.Errorf("err %v, want connection refused", res.Err)
+			}
+			// The dial failed: not a byte left, sending again is safe.
+			if res.Delivery != appclient.DeliveryNotSent {
+				t.Errorf("delivery %v, want not_sent", res.Delivery)
+			}
+		})
 	}
 }
 
@@ -525,5 +552,442 @@ func TestDrainTimeout(t *testing.T) {
 				t.Errorf("gave up after %v, want close to the %v deadline", took, budget)
 			}
 		})
+	}
+}
+
+// receipts counts the triggers an app received, by idempotency key.
+type receipts struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (r *receipts) add(req *http.Request) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.n == nil {
+		r.n = make(map[string]int)
+	}
+	r.n[req.Header.Get("Idempotency-Key")]++
+}
+
+func (r *receipts) of(key string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.n[key]
+}
+
+// clients are the HTTP clients a Client is tested with: the one the sidecar
+// uses, and a plain one (a fresh net/http Transport of its own).
+func clients() map[string]func() *http.Client {
+	return map[string]func() *http.Client{
+		"NewHTTPClient": appclient.NewHTTPClient,
+		"plain client":  func() *http.Client { return &http.Client{Transport: &http.Transport{}} },
+	}
+}
+
+// closeClient closes hc's idle connections when the test ends, before the
+// server's Close waits for them.
+func closeClient(t *testing.T, hc *http.Client) {
+	t.Helper()
+	t.Cleanup(hc.CloseIdleConnections)
+}
+
+// reset closes conn with an RST: linger 0, so the peer gets "connection
+// reset" and no FIN.
+func reset(t *testing.T, conn net.Conn) {
+	t.Helper()
+	tc, ok := conn.(*net.TCPConn)
+	if !ok {
+		t.Errorf("connection is a %T, not a *net.TCPConn", conn)
+		conn.Close()
+		return
+	}
+	if err := tc.SetLinger(0); err != nil {
+		t.Error(err)
+	}
+	tc.Close()
+}
+
+// slotTrigger is trigger(job) for slot i: its own idempotency key.
+func slotTrigger(job string, i int) appclient.Trigger {
+	tr := trigger(job)
+	tr.Slot = tr.Slot.Add(time.Duration(i) * time.Minute)
+	return tr
+}
+
+// The app reads the whole trigger, then resets the connection without an
+// answer (a crash, a proxy reset) on its 1st, 4th, 7th... request. The
+// trigger carries Idempotency-Key, which net/http's Transport takes as
+// leave to replay a POST on a new connection when a reused one breaks
+// before the answer: it must not, every slot reaches the app once.
+func TestTriggerNotReplayedAfterReset(t *testing.T) {
+	t.Parallel()
+	for name, newClient := range clients() {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			var (
+				got      receipts
+				requests atomic.Int32
+				conns    atomic.Int32
+			)
+			srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if _, err := io.ReadAll(r.Body); err != nil {
+					t.Errorf("read trigger: %v", err)
+				}
+				got.add(r)
+				if requests.Add(1)%3 != 1 {
+					w.WriteHeader(http.StatusNoContent)
+					return
+				}
+				conn, _, err := http.NewResponseController(w).Hijack()
+				if err != nil {
+					t.Errorf("hijack: %v", err)
+					return
+				}
+				reset(t, conn)
+			}))
+			srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+				if s == http.StateNew {
+					conns.Add(1)
+				}
+			}
+			srv.Start()
+			t.Cleanup(srv.Close)
+			hc := newClient()
+			closeClient(t, hc)
+			u, _ := url.Parse(srv.URL)
+			c := appclient.New(u, sidecarID, hc) // one Client: one connection pool
+
+			const triggers = 30
+			for i := range triggers {
+				tr := slotTrigger("x", i)
+				res := c.Trigger(context.Background(), tr)
+				if i%3 == 0 { // the app's 1st, 4th, 7th... request: reset
+					if res.Outcome != appclient.OutcomeFailed || res.Status != 0 || res.Delivery != appclient.DeliveryUnknown || res.Err == nil {
+						t.Errorf("trigger %d (reset after the app read it): %+v, want failed, status 0, unknown", i+1, res)
+					}
+				} else if res.Outcome != appclient.OutcomeFired || res.Delivery != appclient.DeliveryAnswered {
+					t.Errorf("trigger %d: %+v, want fired, answered", i+1, res)
+				}
+				if n := got.of(tr.IdempotencyKey()); n != 1 {
+					t.Errorf("trigger %d (%s) reached the app %d times, want exactly once", i+1, tr.IdempotencyKey(), n)
+				}
+			}
+			if n := requests.Load(); n != triggers {
+				t.Errorf("app got %d requests for %d triggers", n, triggers)
+			}
+			// Keep-alive was on: every reset from the 4th request on hit a
+			// reused connection (1 connection for the 1st request, then one
+			// per three).
+			if n := conns.Load(); n != 1+(triggers-1+2)/3 {
+				t.Errorf("app saw %d connections, want %d", n, 1+(triggers-1+2)/3)
+			}
+		})
+	}
+}
+
+// The app's http.Server has a WriteTimeout shorter than the job: the
+// handler runs past it, its answer is never sent, and the server closes the
+// kept-alive connection without an answer byte.
+func TestTriggerWriteTimeoutNotReplayed(t *testing.T) {
+	t.Parallel()
+	for name, newClient := range clients() {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			const writeTimeout = 100 * time.Millisecond
+			var got receipts
+			srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				got.add(r)
+				if r.Header.Get("Leadercron-Job") == "slow" {
+					// The job itself: it outlasts the server's write
+					// deadline, so the answer below is lost.
+					time.Sleep(4 * writeTimeout)
+					io.WriteString(w, "done")
+					return
+				}
+				w.WriteHeader(http.StatusNoContent)
+			}))
+			srv.Config.WriteTimeout = writeTimeout
+			srv.Start()
+			t.Cleanup(srv.Close)
+			hc := newClient()
+			closeClient(t, hc)
+			u, _ := url.Parse(srv.URL)
+			c := appclient.New(u, sidecarID, hc)
+
+			// A first trigger, so that the slow one goes on a reused
+			// connection, the case the Transport would replay.
+			if res := c.Trigger(context.Background(), trigger("fast")); res.Delivery != appclient.DeliveryAnswered {
+				t.Fatalf("first trigger: %+v, want answered", res)
+			}
+			slow := trigger("slow")
+			res := c.Trigger(context.Background(), slow)
+			if res.Outcome != appclient.OutcomeFailed || res.Status != 0 || res.Delivery != appclient.DeliveryUnknown {
+				t.Errorf("result %+v, want failed, status 0, unknown", res)
+			}
+			if n := got.of(slow.IdempotencyKey()); n != 1 {
+				t.Errorf("the slow trigger reached the app %d times, want exactly once", n)
+			}
+		})
+	}
+}
+
+// lateConn is a client connection whose reader learns that the connection
+// failed only when something is next written to it (or it is closed): the
+// race in which the Transport picks a kept-alive connection the app has
+// just closed, before its reader saw the close, made certain.
+type lateConn struct {
+	net.Conn
+	failed   chan struct{} // closed when the read side has failed
+	wake     chan struct{} // closed at the first Write after that, or Close
+	failOnce sync.Once
+	wakeOnce sync.Once
+}
+
+func newLateConn(conn net.Conn) *lateConn {
+	return &lateConn{Conn: conn, failed: make(chan struct{}), wake: make(chan struct{})}
+}
+
+// NetConn returns the connection under c, as *tls.Conn's does.
+func (c *lateConn) NetConn() net.Conn { return c.Conn }
+
+func (c *lateConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.failOnce.Do(func() { close(c.failed) })
+		<-c.wake
+	}
+	return n, err
+}
+
+func (c *lateConn) Write(p []byte) (int, error) {
+	select {
+	case <-c.failed:
+		defer c.wakeOnce.Do(func() { close(c.wake) })
+	default:
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *lateConn) Close() error {
+	c.wakeOnce.Do(func() { close(c.wake) })
+	return c.Conn.Close()
+}
+
+// A kept-alive connection the app closed while it was idle: the second
+// trigger must reach the app at most once, and once when it can be shown
+// that nothing of it was written to the dead connection.
+func TestTriggerDeadIdleConnection(t *testing.T) {
+	t.Parallel()
+	// app serves triggers and sends each connection that goes idle to idle.
+	app := func(t *testing.T, got *receipts) (srv *httptest.Server, idle <-chan net.Conn, closed <-chan struct{}) {
+		idleC := make(chan net.Conn, 16)
+		closedC := make(chan struct{}, 16)
+		srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			got.add(r)
+			w.WriteHeader(http.StatusNoContent)
+		}))
+		srv.Config.ConnState = func(c net.Conn, s http.ConnState) {
+			switch s {
+			case http.StateIdle:
+				idleC <- c
+			case http.StateClosed:
+				closedC <- struct{}{}
+			}
+		}
+		srv.Start()
+		t.Cleanup(srv.Close)
+		return srv, idleC, closedC
+	}
+	// lateClient is NewHTTPClient whose first connection is a lateConn,
+	// sent on first; it counts the connections it dials.
+	lateClient := func(t *testing.T) (hc *http.Client, first <-chan *lateConn, dials *atomic.Int32) {
+		hc = appclient.NewHTTPClient()
+		closeClient(t, hc)
+		firstC := make(chan *lateConn, 1)
+		dials = new(atomic.Int32)
+		tr := hc.Transport.(*http.Transport)
+		dial := tr.DialContext
+		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			conn, err := dial(ctx, network, addr)
+			if err != nil || dials.Add(1) != 1 {
+				return conn, err
+			}
+			lc := newLateConn(conn)
+			firstC <- lc
+			return lc, nil
+		}
+		return hc, firstC, dials
+	}
+
+	t.Run("reset, not noticed yet: sent again on a fresh connection", func(t *testing.T) {
+		t.Parallel()
+		var got receipts
+		srv, idle, _ := app(t, &got)
+		hc, first, dials := lateClient(t)
+		u, _ := url.Parse(srv.URL)
+		c := appclient.New(u, sidecarID, hc)
+
+		if res := c.Trigger(context.Background(), slotTrigger("x", 1)); res.Delivery != appclient.DeliveryAnswered {
+			t.Fatalf("first trigger: %+v, want answered", res)
+		}
+		reset(t, <-idle) // the app drops the idle connection
+		<-(<-first).failed
+		// The reset has reached the client; the Transport still has the
+		// connection in its pool, and the trigger's first write fails
+		// with nothing written.
+		second := slotTrigger("x", 2)
+		res := c.Trigger(context.Background(), second)
+		if res.Outcome != appclient.OutcomeFired || res.Delivery != appclient.DeliveryAnswered || res.Err != nil {
+			t.Errorf("second trigger: %+v, want fired, answered", res)
+		}
+		if n := got.of(second.IdempotencyKey()); n != 1 {
+			t.Errorf("second trigger reached the app %d times, want exactly once", n)
+		}
+		if n := dials.Load(); n != 2 {
+			t.Errorf("%d connections dialed, want 2 (the second for the resend)", n)
+		}
+	})
+
+	t.Run("closed, not noticed yet: written, so unknown and not sent again", func(t *testing.T) {
+		t.Parallel()
+		var got receipts
+		srv, idle, _ := app(t, &got)
+		hc, first, dials := lateClient(t)
+		u, _ := url.Parse(srv.URL)
+		c := appclient.New(u, sidecarID, hc)
+
+		if res := c.Trigger(context.Background(), slotTrigger("x", 1)); res.Delivery != appclient.DeliveryAnswered {
+			t.Fatalf("first trigger: %+v, want answered", res)
+		}
+		(<-idle).Close() // a FIN: the client's write still succeeds
+		<-(<-first).failed
+		second := slotTrigger("x", 2)
+		res := c.Trigger(context.Background(), second)
+		// The trigger left this host: no proof that the app did not get
+		// it (here it did not, but the sidecar cannot know).
+		if res.Outcome != appclient.OutcomeFailed || res.Status != 0 || res.Delivery != appclient.DeliveryUnknown {
+			t.Errorf("second trigger: %+v, want failed, status 0, unknown", res)
+		}
+		if n := got.of(second.IdempotencyKey()); n != 0 {
+			t.Errorf("second trigger reached the app %d times, want 0", n)
+		}
+		if n := dials.Load(); n != 1 {
+			t.Errorf("%d connections dialed, want 1 (no resend)", n)
+		}
+	})
+
+	for name, newClient := range clients() {
+		t.Run("closed, "+name+": never twice", func(t *testing.T) {
+			t.Parallel()
+			var got receipts
+			srv, idle, closed := app(t, &got)
+			hc := newClient()
+			closeClient(t, hc)
+			u, _ := url.Parse(srv.URL)
+			c := appclient.New(u, sidecarID, hc)
+
+			if res := c.Trigger(context.Background(), slotTrigger("x", 1)); res.Delivery != appclient.DeliveryAnswered {
+				t.Fatalf("first trigger: %+v, want answered", res)
+			}
+			(<-idle).Close()
+			<-closed // the app is done with it; the client may or may not have seen it
+			second := slotTrigger("x", 2)
+			res := c.Trigger(context.Background(), second)
+			n := got.of(second.IdempotencyKey())
+			switch res.Delivery {
+			case appclient.DeliveryAnswered:
+				if n != 1 {
+					t.Errorf("answered, and the app got it %d times, want exactly once", n)
+				}
+			case appclient.DeliveryNotSent:
+				if n != 0 {
+					t.Errorf("not sent, and the app got it %d times", n)
+				}
+			default: // the write raced the close
+				if n > 1 {
+					t.Errorf("%v, and the app got it %d times, want at most once", res.Delivery, n)
+				}
+			}
+		})
+	}
+}
+
+// A trigger is not sent again by a redirect: the app's 3xx is its answer.
+func TestTriggerRedirectNotFollowed(t *testing.T) {
+	t.Parallel()
+	for _, code := range []int{http.StatusFound, http.StatusTemporaryRedirect, http.StatusPermanentRedirect} {
+		t.Run(strconv.Itoa(code), func(t *testing.T) {
+			t.Parallel()
+			var calls atomic.Int32
+			srv := server(t, func(w http.ResponseWriter, r *http.Request) {
+				calls.Add(1)
+				http.Redirect(w, r, "/elsewhere", code)
+			})
+			res := client(t, srv, "").Trigger(context.Background(), trigger("x"))
+			if res.Outcome != appclient.OutcomeFailed || res.Status != code || res.Delivery != appclient.DeliveryAnswered {
+				t.Errorf("result %+v, want failed %d, answered", res, code)
+			}
+			if n := calls.Load(); n != 1 {
+				t.Errorf("app called %d times, want once", n)
+			}
+		})
+	}
+}
+
+// Run-now triggers in the same second as each other and as a scheduled
+// slot carry their own keys.
+func TestTriggerRunNowKeys(t *testing.T) {
+	t.Parallel()
+	got := make(chan seen, 3)
+	srv := server(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- seen{r.Method, r.URL.Path, r.Header.Clone(), b}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	c := client(t, srv, "")
+	second := time.Date(2024, 3, 10, 9, 0, 0, 0, time.UTC)
+	triggers := []appclient.Trigger{
+		{Job: "report", Slot: second.Add(100 * time.Millisecond), RunNow: "req-1"},
+		{Job: "report", Slot: second.Add(600 * time.Millisecond), RunNow: "req-2"},
+		{Job: "report", Slot: second},
+	}
+	want := []string{"report@run-now/req-1", "report@run-now/req-2", "report@2024-03-10T09:00:00Z"}
+	keys := make(map[string]bool)
+	for i, tr := range triggers {
+		tr.Deadline = time.Now().Add(time.Minute)
+		if res := c.Trigger(context.Background(), tr); res.Outcome != appclient.OutcomeFired {
+			t.Fatalf("trigger %d: %+v", i, res)
+		}
+		r := <-got
+		var b struct {
+			Slot           string  `json:"slot"`
+			IdempotencyKey string  `json:"idempotency_key"`
+			RunNow         *string `json:"run_now"`
+		}
+		if err := json.Unmarshal(r.body, &b); err != nil {
+			t.Fatalf("body %s: %v", r.body, err)
+		}
+		key := r.header.Get("Idempotency-Key")
+		if key != want[i] || b.IdempotencyKey != key {
+			t.Errorf("trigger %d: key %q (body %q), want %q", i, key, b.IdempotencyKey, want[i])
+		}
+		keys[key] = true
+		if s := r.header.Get("Leadercron-Slot"); s != "2024-03-10T09:00:00Z" || b.Slot != s {
+			t.Errorf("trigger %d: slot %q (body %q), want the same second for all", i, s, b.Slot)
+		}
+		hdr := r.header.Values("Leadercron-Run-Now")
+		if tr.RunNow == "" {
+			if hdr != nil || b.RunNow != nil {
+				t.Errorf("scheduled slot: Leadercron-Run-Now %q, body run_now %v; want neither", hdr, b.RunNow)
+			}
+			continue
+		}
+		if len(hdr) != 1 || hdr[0] != tr.RunNow || b.RunNow == nil || *b.RunNow != tr.RunNow {
+			t.Errorf("run-now %s: Leadercron-Run-Now %q, body run_now %v; want %q in both", tr.RunNow, hdr, b.RunNow, tr.RunNow)
+		}
+	}
+	if len(keys) != 3 {
+		t.Errorf("%d distinct keys for 3 triggers in one second, want 3", len(keys))
 	}
 }
