@@ -26,17 +26,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leadercron/leadercron/internal/app"
 	"github.com/leadercron/leadercron/internal/config"
 )
 
 const (
 	sidecarName = "leadercron" // the sidecar's container name in the task definition
 	testVersion = "v0.0.0-deploytest"
-	// stopMargin is what the sidecar's stopTimeout must leave after
-	// LEADERCRON_DRAIN_TIMEOUT: releasing the key and destroying the
-	// session take well under a second, the rest is slack for a slow
-	// Consul request (the per-request timeout) and log flushing.
-	stopMargin = 5 * time.Second
 	// fargateMaxStopTimeout is Fargate's upper bound for stopTimeout.
 	fargateMaxStopTimeout = 120
 )
@@ -135,6 +131,9 @@ func TestReleaseBuild(t *testing.T) {
 		out, code := run(t, bin, env, "validate")
 		if code != 0 {
 			t.Fatalf("validate exited %d:\n%s", code, out)
+		}
+		if want := "shutdown budget " + app.ShutdownBudget(mustLoad(t, td)).String(); !strings.Contains(out, want) {
+			t.Errorf("validate output does not state %q:\n%s", want, out)
 		}
 		for _, j := range mustLoad(t, td).Jobs {
 			if !strings.Contains(out, "job "+j.Name+" ") {
@@ -512,8 +511,8 @@ func TestECSTaskDefinition(t *testing.T) {
 		if sc.StopTimeout == 0 {
 			stop = 30 * time.Second // ECS's default
 		}
-		if stop < cfg.DrainTimeout+stopMargin {
-			t.Errorf("sidecar stopTimeout %s < LEADERCRON_DRAIN_TIMEOUT %s + %s: ECS would SIGKILL a draining leader", stop, cfg.DrainTimeout, stopMargin)
+		if budget := app.ShutdownBudget(cfg); stop <= budget {
+			t.Errorf("sidecar stopTimeout %s <= the shutdown budget %s (LEADERCRON_DRAIN_TIMEOUT %s + release, destroy, history flush, admin shutdown): ECS would SIGKILL a draining leader", stop, budget, cfg.DrainTimeout)
 		}
 		if sc.StopTimeout > fargateMaxStopTimeout {
 			t.Errorf("sidecar stopTimeout %d exceeds Fargate's maximum of %d", sc.StopTimeout, fargateMaxStopTimeout)
@@ -729,7 +728,7 @@ func TestNomadJob(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if kill < cfg.DrainTimeout+stopMargin {
-		t.Errorf("%s: kill_timeout %s < LEADERCRON_DRAIN_TIMEOUT %s + %s", file, kill, cfg.DrainTimeout, stopMargin)
+	if budget := app.ShutdownBudget(cfg); kill <= budget {
+		t.Errorf("%s: kill_timeout %s <= the shutdown budget %s (LEADERCRON_DRAIN_TIMEOUT %s + release, destroy, history flush, admin shutdown)", file, kill, budget, cfg.DrainTimeout)
 	}
 }

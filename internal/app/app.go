@@ -150,6 +150,21 @@ func newLogger(cfg config.Config, out io.Writer) hclog.Logger {
 	}).With("id", cfg.ID)
 }
 
+// historyFlushTimeout bounds the wait, at exit, for slot fates still queued
+// for Consul: each is a read and a check-and-set (milliseconds each on a
+// healthy agent), and the queue at exit holds the last few slots. What is
+// not written by then is logged as lost.
+const historyFlushTimeout = time.Second
+
+// ShutdownBudget is the longest a graceful stop takes from the stop
+// signal to the exit: the drain timeout (which covers claims and triggers
+// still in flight and the drain itself), then the release and the session
+// destroy, the history flush and the admin server's shutdown. A platform's
+// stop timeout must exceed it.
+func ShutdownBudget(cfg config.Config) time.Duration {
+	return cfg.DrainTimeout + 2*leader.FinalRequestTimeout + historyFlushTimeout + admin.ShutdownTimeout
+}
+
 // Run runs the sidecar until ctx ends and the shutdown sequence is done.
 // consul is nil in standalone mode.
 func Run(ctx context.Context, cfg config.Config, consul *api.Client, log hclog.Logger) error {
@@ -223,7 +238,7 @@ func Run(ctx context.Context, cfg config.Config, consul *api.Client, log hclog.L
 	}
 	runErr := s.campaign(runCtx, elector, s.gate)
 	if s.history != nil {
-		s.history.close(2 * time.Second)
+		s.history.close(historyFlushTimeout)
 	}
 	stopServe()
 	<-served

@@ -9,7 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/leadercron/leadercron/internal/admin"
 	"github.com/leadercron/leadercron/internal/config"
+	"github.com/leadercron/leadercron/internal/leader"
 )
 
 // validate loads the configuration exactly as a run would and prints every
@@ -25,6 +27,9 @@ func validate(ctx context.Context, env map[string]string, stdout, stderr io.Writ
 		fmt.Fprintf(stdout, " (key %s, ttl %s, lock-delay %s)", cfg.LockKey(), cfg.SessionTTL, cfg.LockDelay)
 	}
 	fmt.Fprintf(stdout, "\napp %s, admin %s, drain timeout %s\n", cfg.AppURL, cfg.Listen, cfg.DrainTimeout)
+	fmt.Fprintf(stdout, "shutdown budget %s (drain %s + release %s + session destroy %s + history flush %s + admin shutdown %s):"+
+		" give the container a stop timeout above it\n", ShutdownBudget(cfg), cfg.DrainTimeout, leader.FinalRequestTimeout,
+		leader.FinalRequestTimeout, historyFlushTimeout, admin.ShutdownTimeout)
 	now := time.Now()
 	for _, j := range cfg.Jobs {
 		fmt.Fprintf(stdout, "\njob %s (%s): %q tz=%s timeout=%s\n", j.Name, j.Var, j.Spec, j.Location, j.Timeout)

@@ -79,6 +79,10 @@ func (s *sidecar) lead(ctx context.Context, term *leader.Term) error {
 	defer s.setTerm(nil)
 	s.m.LeadershipStarted(term)
 	defer s.m.LeadershipEnded()
+	// The drain timeout counts from the stop signal: claims and takes
+	// still in flight then are inside it.
+	stopped := make(chan time.Time, 1)
+	defer context.AfterFunc(ctx, func() { stopped <- time.Now() })()
 	var watcher sync.WaitGroup
 	if s.store != nil {
 		watcher.Go(func() { s.watchRequests(ctx, term) })
@@ -99,11 +103,12 @@ func (s *sidecar) lead(ctx context.Context, term *leader.Term) error {
 		return nil
 	}
 
-	start := time.Now()
+	start := <-stopped // ctx has ended: the AfterFunc has sent, or is sending
 	s.m.DrainStarted()
 	defer s.m.DrainDone()
-	s.log.Info("stopping: waiting for triggers in flight, then draining the app", "fencing_token", term.Token(), "drain_timeout", s.cfg.DrainTimeout)
-	dctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
+	s.log.Info("stopping: waiting for triggers in flight, then draining the app", "fencing_token", term.Token(),
+		"drain_timeout", s.cfg.DrainTimeout, "since_stop", time.Since(start).Round(time.Millisecond))
+	dctx, cancel := context.WithDeadline(context.Background(), start.Add(s.cfg.DrainTimeout))
 	defer cancel()
 	if !s.sched.Wait(dctx) {
 		return fmt.Errorf("wait for triggers in flight: %w", appclient.ErrDrainTimeout)

@@ -48,6 +48,14 @@ func (nopMetrics) ConsulError(string) {}
 // covers a loopback round trip to a busy agent under a very short TTL.
 func (o *Options) requestTimeout() time.Duration { return max(o.TTL/3, 500*time.Millisecond) }
 
+// FinalRequestTimeout bounds each of the two last requests of a
+// leadership, the release and the session destroy, so that they fit a
+// shutdown budget: a healthy agent answers a write in milliseconds (a Raft
+// commit on a LAN), and a second is many times that. Past it Consul is
+// unreachable or very slow; the session then expires by TTL, with the
+// lock-delay, which is safe but slower.
+const FinalRequestTimeout = time.Second
+
 // renewTimeout bounds one session create, renew or lock acquire. It must
 // exceed the agent's latency for a slow agent not to end leadership, and a
 // renew answered later than TTL/2 after its send extends the lease by less
@@ -350,7 +358,7 @@ func (e *Elector) monitor(ctx context.Context, s *session) {
 // answer may be lost, which the destroy that always follows covers, with
 // the lock-delay.
 func (e *Elector) release(s *session, maybe bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), e.opts.requestTimeout())
+	ctx, cancel := context.WithTimeout(context.Background(), FinalRequestTimeout)
 	defer cancel()
 	ok, _, err := e.client.KV().Release(&api.KVPair{Key: e.opts.Key, Session: s.id}, (&api.WriteOptions{}).WithContext(ctx))
 	switch {

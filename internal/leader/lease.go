@@ -254,7 +254,7 @@ func (s *session) halt() {
 // still holds are released by Consul and get the lock-delay.
 func (s *session) destroy() {
 	s.halt()
-	ctx, cancel := context.WithTimeout(context.Background(), s.opts.requestTimeout())
+	ctx, cancel := context.WithTimeout(context.Background(), FinalRequestTimeout)
 	defer cancel()
 	if _, err := s.client.Session().Destroy(s.id, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		s.opts.Metrics.ConsulError("destroy")

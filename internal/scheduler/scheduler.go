@@ -140,6 +140,13 @@ const (
 	ReasonEnded       = "leadership_ended" // missed: leadership ended while it waited
 )
 
+// ClaimGraceAtStop is how long a claim in flight when leadership ends may
+// still take, its resolving retry included, before it is cut and the slot
+// recorded as claim_unknown. It exceeds a Txn round trip to a healthy agent
+// (milliseconds) many times over, and it is part of the drain timeout,
+// which counts from the stop signal.
+const ClaimGraceAtStop = 2 * time.Second
+
 // onTimeGrace is how late a slot may fire for a job without catch-up: a
 // wake-up a little after the slot is not a missed slot.
 const onTimeGrace = time.Second
@@ -411,13 +418,16 @@ func (s *Scheduler) catchUpFrom(log hclog.Logger, j Job, last, now time.Time) ti
 func (s *Scheduler) claim(ctx context.Context, term Term, j Job, slot time.Time, log hclog.Logger) (won, paused, done bool) {
 	wait := s.opts.ClaimRetry
 	nextSlot := j.Schedule.Next(slot.In(j.Location))
+	// The claim is not cancelled with the leadership: a shutdown that
+	// cut the request short could leave the slot claimed in Consul but
+	// neither fired nor recorded. A claim that wins after the context
+	// ended is still fired (the drain waits for it), unless the lease
+	// says otherwise. It gets ClaimGraceAtStop after the end to finish.
+	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	defer context.AfterFunc(ctx, func() { time.AfterFunc(ClaimGraceAtStop, cancel) })()
 	for attempt := 1; ; attempt++ {
-		// The claim is not cancelled with the leadership: a shutdown
-		// that cut the request short could leave the slot claimed in
-		// Consul but neither fired nor recorded. A claim that wins
-		// after the context ended is still fired (the drain waits for
-		// it), unless the lease says otherwise.
-		won, paused, err := term.Claim(context.WithoutCancel(ctx), j.Name, slot)
+		won, paused, err := term.Claim(cctx, j.Name, slot)
 		if err == nil {
 			return won, paused, false
 		}
