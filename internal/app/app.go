@@ -194,7 +194,7 @@ func Run(ctx context.Context, cfg config.Config, consul *api.Client, log hclog.L
 			JobsPrefix:     cfg.JobsPrefix(),
 			RequestsPrefix: cfg.KVPrefix + "/requests/",
 			ID:             cfg.ID,
-			Value:          []byte(fmt.Sprintf(`{"id":%q,"service":%q}`, cfg.ID, cfg.Service)),
+			Service:        cfg.Service,
 			SessionName:    "leadercron " + cfg.Service + " " + cfg.ID,
 			TTL:            cfg.SessionTTL,
 			LockDelay:      cfg.LockDelay,

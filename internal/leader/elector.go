@@ -2,6 +2,7 @@ package leader
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -17,11 +18,14 @@ type Options struct {
 	JobsPrefix string // folder of per-job state, <prefix>/jobs/
 	// RequestsPrefix is the folder of run-now requests, <prefix>/requests/.
 	RequestsPrefix string
-	ID             string        // this sidecar's identity, stored in the key and in claims
-	Value          []byte        // stored in the lock key while held
-	SessionName    string        // shown in Consul's session list
-	TTL            time.Duration // session TTL
-	LockDelay      time.Duration // session lock-delay
+	ID             string // this sidecar's identity, stored in the key and in claims
+	Service        string // the fleet's name, stored in the key
+	// Value, if set, is stored in the lock key instead of the JSON
+	// LockValue (for tests that hold the key with another value).
+	Value       []byte
+	SessionName string        // shown in Consul's session list
+	TTL         time.Duration // session TTL
+	LockDelay   time.Duration // session lock-delay
 
 	// WaitTime bounds one blocking query; keep it under any load
 	// balancer's idle timeout. Default 30s.
@@ -236,11 +240,26 @@ var (
 	errHeld      = errors.New("lock held by another session")
 )
 
+// LockValue is the JSON value of the lock key while a sidecar holds it.
+type LockValue struct {
+	ID      string    `json:"id"`
+	Service string    `json:"service"`
+	Since   time.Time `json:"since"` // when this leadership began
+}
+
 // acquire takes the lock key for s in one Txn that also reads the key back,
 // so the fencing token is the index of the acquiring write itself.
 func (e *Elector) acquire(ctx context.Context, s *session) (uint64, error) {
+	value := e.opts.Value
+	if value == nil {
+		v, err := json.Marshal(LockValue{ID: e.opts.ID, Service: e.opts.Service, Since: time.Now().UTC()})
+		if err != nil {
+			return 0, fmt.Errorf("acquire %s: encode value: %w", e.opts.Key, err)
+		}
+		value = v
+	}
 	ops := api.TxnOps{
-		{KV: &api.KVTxnOp{Verb: api.KVLock, Key: e.opts.Key, Value: e.opts.Value, Session: s.id}},
+		{KV: &api.KVTxnOp{Verb: api.KVLock, Key: e.opts.Key, Value: value, Session: s.id}},
 		{KV: &api.KVTxnOp{Verb: api.KVGet, Key: e.opts.Key}},
 	}
 	rctx, cancel := context.WithTimeout(ctx, e.opts.renewTimeout())

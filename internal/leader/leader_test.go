@@ -2,6 +2,7 @@ package leader_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"sync/atomic"
@@ -326,5 +327,28 @@ func TestSessionTTLRejected(t *testing.T) {
 	})
 	if !errors.Is(err, leader.ErrSessionRejected) {
 		t.Fatalf("Run = %v; want ErrSessionRejected", err)
+	}
+}
+
+// The lock value is JSON whatever the identity holds (fmt's %q is not
+// JSON for control characters), and says since when the leader leads.
+func TestLockValueIsJSON(t *testing.T) {
+	agent := consultest.Start(t)
+	c := client(t, agent.Addr, nil)
+	opts := options("a\x01\"b")
+	opts.Value, opts.Service = nil, "svc\x7f"
+	before := time.Now().Add(-time.Second)
+	a := campaign(t, c, opts)
+	waitTerm(t, a, 10*time.Second)
+	pair, _, err := c.KV().Get(opts.Key, nil)
+	if err != nil || pair == nil {
+		t.Fatalf("read lock key: %v", err)
+	}
+	var v leader.LockValue
+	if err := json.Unmarshal(pair.Value, &v); err != nil {
+		t.Fatalf("lock value %q is not JSON: %v", pair.Value, err)
+	}
+	if v.ID != opts.ID || v.Service != opts.Service || v.Since.Before(before) || v.Since.After(time.Now()) {
+		t.Errorf("lock value %+v; want id %q, service %q, since about now", v, opts.ID, opts.Service)
 	}
 }
