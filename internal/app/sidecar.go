@@ -279,9 +279,14 @@ type triggerer struct{ c *appclient.Client }
 
 func (t triggerer) Trigger(ctx context.Context, r scheduler.Run) scheduler.Result {
 	res := t.c.Trigger(ctx, appclient.Trigger{Job: r.Job, Slot: r.Slot, FencingToken: r.FencingToken, Deadline: r.Deadline,
-		Attempt: r.Attempt, RunNow: r.Request})
+		Attempt: r.Attempt, RunNow: r.Request, SendWithin: r.SendWithin})
 	out := scheduler.Result{Outcome: res.Outcome, Status: res.Status, Duration: res.Duration, Err: res.Err, Retryable: retryable(res)}
-	if res.Outcome == appclient.OutcomeFailed && res.Delivery == appclient.DeliveryUnknown {
+	switch {
+	case errors.Is(res.Err, appclient.ErrLeaseEnded):
+		// Held up past the lease between the last check and the wire:
+		// not sent, so the slot is missed, not failed.
+		out.Outcome, out.Reason = scheduler.OutcomeMissed, scheduler.ReasonLease
+	case res.Outcome == appclient.OutcomeFailed && res.Delivery == appclient.DeliveryUnknown:
 		out.Reason = appclient.ReasonNoAnswer
 	}
 	return out
@@ -291,7 +296,7 @@ func (t triggerer) Trigger(ctx context.Context, r scheduler.Run) scheduler.Resul
 // answered 5xx. A trigger that may have reached the app without an answer
 // (a reset, a deadline) is not sent again: the app may be running it.
 func retryable(res appclient.Result) bool {
-	if res.Err == nil || res.Outcome != appclient.OutcomeFailed {
+	if res.Err == nil || res.Outcome != appclient.OutcomeFailed || errors.Is(res.Err, appclient.ErrLeaseEnded) {
 		return false
 	}
 	if res.Status >= 500 {

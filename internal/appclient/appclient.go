@@ -157,9 +157,17 @@ func countWrites(dial func(ctx context.Context, network, addr string) (net.Conn,
 type countingConn struct {
 	net.Conn
 	written atomic.Int64
+	guard   atomic.Pointer[connGuard] // checked once, by the next Write
 }
 
+type connGuard struct{ check func() error }
+
 func (c *countingConn) Write(p []byte) (int, error) {
+	if g := c.guard.Swap(nil); g != nil {
+		if err := g.check(); err != nil {
+			return 0, err
+		}
+	}
 	n, err := c.Conn.Write(p)
 	c.written.Add(int64(n))
 	return n, err
@@ -191,7 +199,17 @@ type Trigger struct {
 	Attempt      int
 	// RunNow is the run-now request's id; empty for a scheduled slot.
 	RunNow string
+	// SendWithin, if positive, is how long after the call the trigger's
+	// first byte may still be written: the sender's authority (its lease,
+	// less a margin) ends then. A trigger held up past it (a process
+	// pause, a slow dial) is not sent at all: ErrLeaseEnded, DeliveryNotSent.
+	// It needs connections from NewHTTPClient.
+	SendWithin time.Duration
 }
+
+// ErrLeaseEnded is the error of a trigger whose first byte would have been
+// written after its SendWithin: nothing was sent.
+var ErrLeaseEnded = errors.New("trigger not sent: the sender's lease ended before it could be written")
 
 // IdempotencyKey is <job>@<slot> for a scheduled slot, the same on every
 // sidecar, and <job>@run-now/<id> for a run-now request: a run-now's slot
@@ -243,6 +261,10 @@ func (c *Client) Trigger(ctx context.Context, t Trigger) Result {
 }
 
 func (c *Client) trigger(ctx context.Context, t Trigger) Result {
+	var notAfter time.Time
+	if t.SendWithin > 0 {
+		notAfter = time.Now().Add(t.SendWithin)
+	}
 	deadline := t.Deadline.UTC().Format(time.RFC3339Nano)
 	payload, err := json.Marshal(body{
 		Job: t.Job, Slot: t.slot(), FencingToken: t.FencingToken,
@@ -251,8 +273,8 @@ func (c *Client) trigger(ctx context.Context, t Trigger) Result {
 	if err != nil {
 		return Result{Outcome: OutcomeFailed, Delivery: DeliveryNotSent, Err: fmt.Errorf("encode trigger: %w", err)}
 	}
-	res, deadReused := c.send(ctx, c.trig, t, deadline, payload)
-	if !deadReused || ctx.Err() != nil {
+	res, deadReused := c.send(ctx, c.trig, t, deadline, payload, notAfter)
+	if !deadReused || ctx.Err() != nil || errors.Is(res.Err, ErrLeaseEnded) {
 		return res
 	}
 	// The one resend. send reports deadReused only when the connection had
@@ -267,7 +289,7 @@ func (c *Client) trigger(ctx context.Context, t Trigger) Result {
 	if fresh == nil {
 		return res
 	}
-	again, _ := c.send(ctx, fresh, t, deadline, payload)
+	again, _ := c.send(ctx, fresh, t, deadline, payload, notAfter)
 	if again.Err != nil && again.Status == 0 {
 		again.Err = fmt.Errorf("%w (sent again on a fresh connection, after a kept-alive one failed before any byte was written: %v)", again.Err, res.Err)
 	}
@@ -334,15 +356,19 @@ func (c *Client) newTriggerRequest(ctx context.Context, t Trigger, deadline stri
 
 // send sends the trigger once through hc. deadReused reports that it
 // failed on a reused connection to which not one byte of it was written.
-func (c *Client) send(ctx context.Context, hc *http.Client, t Trigger, deadline string, payload []byte) (_ Result, deadReused bool) {
-	p := new(probe)
+func (c *Client) send(ctx context.Context, hc *http.Client, t Trigger, deadline string, payload []byte, notAfter time.Time) (_ Result, deadReused bool) {
+	p := &probe{notAfter: notAfter}
 	req, err := c.newTriggerRequest(httptrace.WithClientTrace(ctx, p.trace()), t, deadline, payload)
 	if err != nil {
 		return Result{Outcome: OutcomeFailed, Delivery: DeliveryNotSent, Err: fmt.Errorf("build trigger request: %w", err)}, false
 	}
 	resp, err := hc.Do(req)
+	p.unguard()
 	if err != nil {
 		d, deadReused := p.delivery()
+		if d == DeliveryNotSent && p.guardRefused() {
+			err = ErrLeaseEnded
+		}
 		return Result{Outcome: OutcomeFailed, Delivery: d, Err: fmt.Errorf("post %s: %w", req.URL.Path, err)}, deadReused
 	}
 	defer resp.Body.Close()
@@ -369,6 +395,33 @@ type probe struct {
 	reused  bool          // the connection had served requests before
 	counter *countingConn // the connection's byte counter, if it has one
 	before  int64         // counter's count when the connection was obtained
+
+	notAfter  time.Time   // the first byte may not be written after it
+	installed *connGuard  // the guard put on the connection
+	refused   atomic.Bool // the guard refused the first write
+}
+
+// guard is installed on the connection at GotConn and checked by its next
+// Write, the first of this request: the last check of the sender's lease,
+// as close to the wire as it gets.
+func (p *probe) guard() error {
+	if time.Now().After(p.notAfter) {
+		p.refused.Store(true)
+		return ErrLeaseEnded
+	}
+	return nil
+}
+
+func (p *probe) guardRefused() bool { return p.refused.Load() }
+
+// unguard removes the guard if no Write used it, so that it cannot refuse
+// a later request on the same connection.
+func (p *probe) unguard() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.counter != nil && p.installed != nil {
+		p.counter.guard.CompareAndSwap(p.installed, nil)
+	}
 }
 
 func (p *probe) trace() *httptrace.ClientTrace {
@@ -380,6 +433,10 @@ func (p *probe) trace() *httptrace.ClientTrace {
 		p.counter = counterOf(info.Conn)
 		if p.counter != nil {
 			p.before = p.counter.written.Load()
+			if !p.notAfter.IsZero() {
+				p.installed = &connGuard{check: p.guard}
+				p.counter.guard.Store(p.installed)
+			}
 		}
 	}}
 }

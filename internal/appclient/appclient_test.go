@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
@@ -989,5 +990,56 @@ func TestTriggerRunNowKeys(t *testing.T) {
 	}
 	if len(keys) != 3 {
 		t.Errorf("%d distinct keys for 3 triggers in one second, want 3", len(keys))
+	}
+}
+
+// A pause between the sender's last lease check and the write (here in the
+// transport, before the connection is handed over) that outlasts
+// SendWithin stops the trigger before its first byte: nothing reaches the
+// app, on a fresh or a reused connection, and the connection serves the
+// next trigger normally.
+func TestTriggerNotSentAfterLease(t *testing.T) {
+	var got atomic.Int64
+	srv := server(t, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		got.Add(1)
+		w.WriteHeader(http.StatusNoContent)
+	})
+	u, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := appclient.NewHTTPClient()
+	closeClient(t, hc)
+	c := appclient.New(u, sidecarID, hc)
+	paused := func(d time.Duration) context.Context {
+		return httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+			GetConn: func(string) { time.Sleep(d) }, // the process pause
+		})
+	}
+	for i, step := range []struct {
+		name     string
+		pause    time.Duration
+		within   time.Duration
+		received int64
+	}{
+		{"no pause, fresh connection", 0, 5 * time.Second, 1},
+		{"pause past the lease, reused connection", 150 * time.Millisecond, 50 * time.Millisecond, 1},
+		{"no pause, the same connection again", 0, 5 * time.Second, 2},
+		{"pause within the lease", 50 * time.Millisecond, 5 * time.Second, 3},
+	} {
+		tr := slotTrigger("report", i)
+		tr.SendWithin = step.within
+		res := c.Trigger(paused(step.pause), tr)
+		lateOK := step.within > step.pause
+		switch {
+		case lateOK && (res.Outcome != appclient.OutcomeFired || res.Delivery != appclient.DeliveryAnswered):
+			t.Errorf("%s: %+v; want fired", step.name, res)
+		case !lateOK && (!errors.Is(res.Err, appclient.ErrLeaseEnded) || res.Delivery != appclient.DeliveryNotSent):
+			t.Errorf("%s: %+v; want ErrLeaseEnded, not sent", step.name, res)
+		}
+		if n := got.Load(); n != step.received {
+			t.Errorf("%s: the app received %d triggers in all, want %d", step.name, n, step.received)
+		}
 	}
 }

@@ -70,6 +70,12 @@ type Run struct {
 	// Request is the run-now request's id: it, not the slot, tells one
 	// run-now from another and from a scheduled slot in the same second.
 	Request string
+	// SendWithin is how long the lease, less the margin, still ran at
+	// the last check before this send: an App must not let the request
+	// start on the wire later than that (a pause in between would make
+	// it a trigger on stale authority), and reports such a run as missed
+	// for lease_short instead.
+	SendWithin time.Duration
 }
 
 // Result is what became of a run, as the app answered it.
@@ -591,7 +597,8 @@ func (s *Scheduler) run(ctx context.Context, term Term, log hclog.Logger, j Job,
 		defer func() { <-sem }()
 	}
 	for attempt := 1; ; attempt++ {
-		if term.Remaining() < s.opts.LeaseMargin {
+		rem := term.Remaining()
+		if rem < s.opts.LeaseMargin {
 			// Only a leader with time to spare sends anything; a
 			// retry after the lease ran short keeps the last answer.
 			if attempt == 1 {
@@ -599,7 +606,7 @@ func (s *Scheduler) run(ctx context.Context, term Term, log hclog.Logger, j Job,
 			}
 			return lr
 		}
-		r.Attempt = attempt
+		r.Attempt, r.SendWithin = attempt, rem-s.opts.LeaseMargin
 		if attempt == 1 {
 			// Slot delay is the first send's; retries are late by design.
 			s.opts.Observer.TriggerSent(j.Name, s.clock.Now().Sub(r.Slot))

@@ -1063,3 +1063,19 @@ func TestLateWakeFiresOnlyLatestDueSlot(t *testing.T) {
 	}
 	checkClaims(t, h.term.claimCalls(), claimCall{job: "report", slot: at(60 * sec), won: true})
 }
+
+// Each send carries how long the lease, less the margin, still ran at the
+// check just before it, so that the App can refuse to put it on the wire
+// after a pause that outlasted the lease.
+func TestSendCarriesLeaseBudget(t *testing.T) {
+	const sec = time.Second
+	h := newHarness(t, []Job{job("sweep", 10*sec)}, Options{LeaseMargin: 5 * sec})
+	h.term.setRemaining(12 * sec)
+	h.lead()
+	h.clock.waitPending(t, at(10*sec))
+	h.clock.AdvanceTo(at(10 * sec))
+	if r := h.app.next(t); r.SendWithin != 7*sec {
+		t.Errorf("run %+v: SendWithin %s, want the lease 12s less the margin 5s", r, r.SendWithin)
+	}
+	h.finish()
+}
