@@ -364,3 +364,30 @@ func TestClaimInFlightAtShutdownStillFires(t *testing.T) {
 	h.settle()
 	checkClaims(t, h.term.claimCalls(), claimCall{job: "report", slot: at(10 * sec), won: true})
 }
+
+// A run-now request taken as leadership ends still fires, inside the
+// drain, while the lease allows; one whose take stayed unknown is
+// recorded as missed, with its request id.
+func TestRunNowAtLeadershipEnd(t *testing.T) {
+	const sec = time.Second
+	opts, rec := withRecorder(Options{LeaseMargin: 5 * sec})
+	h := newHarness(t, []Job{job("mail", 100*sec)}, opts)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := h.s.RunNow(ctx, h.term, "mail", at(3*sec), "r1"); err != nil {
+		t.Fatal(err)
+	}
+	if r := h.app.next(t); !r.RunNow || r.Request != "r1" || !r.Slot.Equal(at(3*sec)) {
+		t.Errorf("run = %+v, want run-now r1", r)
+	}
+	h.settle()
+	h.s.RequestLost("mail", at(4*sec), "r2", 42, ReasonTakeUnknown)
+	got := rec.all()
+	checkRecorded(t, got,
+		LastRun{Outcome: "ok", Slot: at(3 * sec), Attempts: 1},
+		LastRun{Outcome: OutcomeMissed, Reason: ReasonTakeUnknown, Slot: at(4 * sec)},
+	)
+	if len(got) == 2 && (got[0].Request != "r1" || got[1].Request != "r2") {
+		t.Errorf("records do not carry their request ids: %+v", got)
+	}
+}
