@@ -42,7 +42,7 @@ func newHistoryWriter(store *ledger.Store, id string, log hclog.Logger) *history
 func (h *historyWriter) Record(job string, r scheduler.LastRun) {
 	e := ledger.Entry{Slot: r.Slot, Outcome: r.Outcome, Reason: r.Reason, HTTPStatus: r.Status,
 		DurationMS: r.Duration.Milliseconds(), Attempts: r.Attempts, FencingToken: r.FencingToken,
-		ID: h.id, RunNow: r.RunNow, Until: r.Until, At: time.Now()}
+		ID: h.id, RunNow: r.RunNow, Request: r.Request, Until: r.Until, At: time.Now()}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {

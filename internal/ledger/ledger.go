@@ -40,14 +40,15 @@ const (
 // Entry is one slot's fate in P/history/<job>.
 type Entry struct {
 	Slot         time.Time `json:"slot"`
-	Outcome      string    `json:"outcome"`       // fired, failed, skipped, missed
-	Reason       string    `json:"reason"`        // overlap, group, paused, no_leader, ...
-	HTTPStatus   int       `json:"http_status"`   // 0 when the app was not reached
-	DurationMS   int64     `json:"duration_ms"`   // the trigger's duration
-	Attempts     int       `json:"attempts"`      // triggers sent for this slot
-	FencingToken uint64    `json:"fencing_token"` // the leadership that recorded it
-	ID           string    `json:"id"`            // the sidecar that recorded it
-	RunNow       bool      `json:"run_now"`       // a run-now request, not a scheduled slot
+	Outcome      string    `json:"outcome"`           // fired, failed, skipped, missed
+	Reason       string    `json:"reason"`            // overlap, group, paused, no_leader, ...
+	HTTPStatus   int       `json:"http_status"`       // 0 when the app was not reached
+	DurationMS   int64     `json:"duration_ms"`       // the trigger's duration
+	Attempts     int       `json:"attempts"`          // triggers sent for this slot
+	FencingToken uint64    `json:"fencing_token"`     // the leadership that recorded it
+	ID           string    `json:"id"`                // the sidecar that recorded it
+	RunNow       bool      `json:"run_now"`           // a run-now request, not a scheduled slot
+	Request      string    `json:"request,omitempty"` // the run-now request's id
 	// Until, for a range of missed slots recorded as one entry, is the
 	// end of the range; Slot is its first slot.
 	Until time.Time `json:"until,omitzero"`
