@@ -10,13 +10,20 @@
 //
 // Guarantees: a slot is triggered only after the Term claimed it, and only
 // while the Term's lease outlives a margin, checked before the claim, before
-// the first send and before every retry; each trigger carries an absolute
-// deadline of dispatch time plus the job's timeout. Lead returns promptly
-// when its context ends; runs already sent finish on their own deadline
-// and Wait waits for them. Every slot the scheduler looks at gets one fate,
-// reported to the Recorder: fired or failed (as the app answered, with the
-// attempts made), skipped (overlap, group, paused) or missed (no_leader,
-// overslept, lease_short, claim_failed, leadership_ended).
+// the first send and before every retry (and each Run carries what is left
+// of it, SendWithin, for the App to check at the wire); each trigger carries
+// an absolute deadline of dispatch time plus the job's timeout. A claim
+// whose outcome is unknown is retried, and the Term resolves it; a claim
+// in flight when leadership ends gets ClaimGraceAtStop to finish, and its
+// slot fires inside the drain if it was won. A failure the App marks not
+// retryable (a trigger that may have reached the app) is never sent again.
+// Lead returns promptly when its context ends; runs already sent finish on
+// their own deadline and Wait waits for them. Every slot the scheduler
+// looks at gets one fate, reported to the Recorder: fired or failed (as
+// the app answered, with the attempts made; no_answer when the app may
+// have run it), skipped (overlap, group, paused) or missed (no_leader,
+// overslept, lease_short, claim_failed, claim_unknown, leadership_ended;
+// take_unknown for a run-now request through RequestLost).
 //
 // Catch-up: only the latest due slot ever fires, once, and only if it is
 // late by no more than the job's catch-up window (a second when catch-up
