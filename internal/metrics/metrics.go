@@ -39,7 +39,7 @@ var outcomes = [...]string{"fired", "failed", "skipped", "missed"}
 // Consul operations pre-created in leadercron_consul_errors_total: the ones
 // the leader package reports. An operation not listed here still counts; it
 // just has no zero series before its first error.
-var consulOps = [...]string{"watch", "session_create", "acquire", "renew", "monitor", "read_slot", "claim", "take_request", "release", "destroy"}
+var consulOps = [...]string{"watch", "session_create", "acquire", "renew", "monitor", "read_slot", "claim", "take_request", "txn_refused", "release", "destroy", "watch_requests"}
 
 // Term is the leadership the gauges are read from; *leader.Term is one.
 type Term interface {
