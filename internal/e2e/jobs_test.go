@@ -577,3 +577,40 @@ func TestHealthGate(t *testing.T) {
 	app.setHealthy(true)
 	waitStatus(t, s, 10*time.Second, "leading again after recovery", isLeader)
 }
+
+// TestHandoverWaitsForRunsOfALostTerm: a leader cut off from Consul loses
+// its lease while a run it sent is still going; POST /handover on it (now
+// a standby) answers only after that run ended, so that a preStop hook
+// waiting on it protects the run.
+func TestHandoverWaitsForRunsOfALostTerm(t *testing.T) {
+	// The app's work: well past the lease's end after the cut (1.6 s) and
+	// the /status calls that see it (each waits up to 2 s for Consul).
+	const runFor = 8 * time.Second
+	agent := consultest.Start(t)
+	proxy := consultest.NewProxy(t, agent.Addr)
+	h := newHistory()
+	app := startJobApp(t, "app-a", h)
+	app.setScript("slow", func(n int) (int, time.Duration) {
+		if n == 1 {
+			return http.StatusNoContent, runFor
+		}
+		return http.StatusNoContent, 0
+	})
+	env := jobsEnv(agent, app, map[string]string{"SLOW": "* * * * * *"})
+	env["CONSUL_HTTP_ADDR"] = proxy.Addr
+	env["LEADERCRON_TRIGGER_TIMEOUT"] = "15s"
+	s := startSidecar(t, "a", env)
+	evs := h.waitFor(t, 20*time.Second, "the slow run", func(evs []event) bool { return len(filter(evs, "trigger")) >= 1 })
+	started := filter(evs, "trigger")[0].At
+	proxy.Blackhole()
+	defer proxy.Heal()
+	waitStatus(t, s, 10*time.Second, "the lease to end", func(v map[string]any) bool { return !isLeader(v) })
+	res, _ := postHandover(t, s)
+	answered := time.Now()
+	if res["outcome"] != "standby" {
+		t.Errorf("handover after a lost lease = %v, want standby", res)
+	}
+	if ended := started.Add(runFor); answered.Before(ended) {
+		t.Errorf("handover answered at %s, before the lost term's run ended at %s", answered.Format("15:04:05.000"), ended.Format("15:04:05.000"))
+	}
+}
