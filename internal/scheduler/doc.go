@@ -33,7 +33,8 @@
 // than fired in a burst.
 //
 // Overlap and groups: with overlap forbidden (the default) a slot whose
-// job still has a run in flight from this sidecar is skipped; a run never
+// job still has a run in flight from this sidecar is skipped (a run-now
+// request waits for that run instead, until its own deadline); a run never
 // starts while another job of its group runs from this sidecar, and waits
 // for the group until its deadline. Retries: a failure the App marks
 // retryable is sent again after the job's backoff, doubling, while the

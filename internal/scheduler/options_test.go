@@ -299,7 +299,9 @@ func TestPaused(t *testing.T) {
 	)
 }
 
-// RunNow fires once with the request's time as its slot; overlap applies.
+// RunNow fires once with the request's time as its slot. A run-now that
+// finds the job running waits for that run to end (until its deadline)
+// instead of being skipped: the request is used up either way.
 func TestRunNow(t *testing.T) {
 	const sec = time.Second
 	opts, rec := withRecorder(Options{LeaseMargin: 5 * sec})
@@ -312,7 +314,7 @@ func TestRunNow(t *testing.T) {
 	if err := h.s.RunNow(ctx, h.term, "mail", req, "r1"); err != nil {
 		t.Fatal(err)
 	}
-	if r := h.app.next(t); !r.RunNow || !r.Slot.Equal(req) || r.FencingToken != 42 {
+	if r := h.app.next(t); !r.RunNow || !r.Slot.Equal(req) || r.FencingToken != 42 || r.Request != "r1" {
 		t.Errorf("run = %+v, want a run-now for %s", r, req)
 	}
 	if err := h.s.RunNow(ctx, h.term, "mail", at(4*sec), "r2"); err != nil {
@@ -322,18 +324,49 @@ func TestRunNow(t *testing.T) {
 		t.Error("RunNow of an unknown job: no error")
 	}
 	h.app.release("mail")
+	if r := h.app.next(t); r.Request != "r2" || !r.Slot.Equal(at(4*sec)) {
+		t.Errorf("second run = %+v, want run-now r2 after the first ended", r)
+	}
 	h.settle()
 	h.finish()
 	got := rec.all()
 	checkRecorded(t, got,
-		LastRun{Outcome: OutcomeSkipped, Reason: ReasonOverlap, Slot: at(4 * sec)},
 		LastRun{Outcome: "ok", Slot: req, Attempts: 1},
+		LastRun{Outcome: "ok", Slot: at(4 * sec), Attempts: 1},
 	)
 	if len(got) == 2 && (!got[0].RunNow || !got[1].RunNow) {
 		t.Errorf("records not marked run-now: %+v", got)
 	}
 	if len(h.term.claimCalls()) != 0 {
 		t.Errorf("run-now claimed a slot: %v", h.term.claimCalls())
+	}
+}
+
+// A run-now whose job stays busy until the run-now's deadline is skipped
+// for overlap, and recorded.
+func TestRunNowWaitsUntilItsDeadline(t *testing.T) {
+	const sec = time.Second
+	opts, rec := withRecorder(Options{LeaseMargin: 5 * sec})
+	h := newHarness(t, []Job{job("mail", 100*sec)}, opts)
+	h.app.holdJob("mail")
+	h.lead()
+	h.clock.waitPending(t, at(100*sec))
+	ctx := context.Background()
+	if err := h.s.RunNow(ctx, h.term, "mail", at(0), "r1"); err != nil {
+		t.Fatal(err)
+	}
+	h.app.next(t)
+	if err := h.s.RunNow(ctx, h.term, "mail", at(0), "r2"); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.waitPending(t, at(30*sec), at(100*sec)) // r2 waits until its deadline (the job timeout); the next slot
+	h.clock.AdvanceTo(at(30 * sec))
+	h.app.release("mail")
+	h.settle()
+	h.finish()
+	got := rec.all()
+	if len(got) != 2 || got[0].Request != "r2" || got[0].Outcome != OutcomeSkipped || got[0].Reason != ReasonOverlap {
+		t.Errorf("recorded %+v; want r2 skipped for overlap first, then r1", got)
 	}
 }
 

@@ -208,7 +208,8 @@ type Scheduler struct {
 
 type jobState struct {
 	next    time.Time
-	running int // runs of this job in flight
+	running int           // runs of this job in flight
+	free    chan struct{} // closed and replaced each time a run ends
 	last    *LastRun
 }
 
@@ -274,8 +275,9 @@ func (s *Scheduler) Lead(ctx context.Context, term Term) {
 // RunNow fires job once, outside its schedule, under term: the caller has
 // taken run-now request id (exactly once fleet-wide). requested is the
 // request's time; it is sent as the run's slot, and the request id tells
-// the run apart from a scheduled slot of the same second. Overlap and
-// group rules apply as to any slot. A request taken as leadership ends
+// the run apart from a scheduled slot of the same second. Group rules
+// apply as to any slot; a job's run in flight is waited for, until the
+// run-now's deadline, instead of skipping it. A request taken as leadership ends
 // still fires, inside the drain, if the lease allows: it is used up
 // either way. It returns an error only for an unknown job.
 func (s *Scheduler) RunNow(ctx context.Context, term Term, job string, requested time.Time, id string) error {
@@ -542,35 +544,82 @@ func (s *Scheduler) latestDue(log hclog.Logger, j Job, slot time.Time, reason st
 
 // dispatch starts one run of j for slot, unless the job's previous run is
 // in flight and overlap is forbidden.
+//
+// A run-now request is not skipped that way: it was asked for once, by a
+// person, and its request is used up. It waits for the job's run in flight
+// to end, until its own deadline (the time a job's run may take), and only
+// then is it skipped for overlap.
 func (s *Scheduler) dispatch(ctx context.Context, term Term, log hclog.Logger, j Job, slot time.Time, request string) {
 	runNow := request != ""
+	skipped := LastRun{Slot: slot, Outcome: OutcomeSkipped, Reason: ReasonOverlap, RunNow: runNow, Request: request, FencingToken: term.Token()}
 	s.mu.Lock()
 	st := s.state[j.Name]
-	if !j.AllowOverlap && st.running > 0 {
+	busy := !j.AllowOverlap && st.running > 0
+	if busy && !runNow {
 		s.mu.Unlock()
-		s.finish(log, j, LastRun{Slot: slot, Outcome: OutcomeSkipped, Reason: ReasonOverlap, RunNow: runNow, Request: request, FencingToken: term.Token()})
+		s.finish(log, j, skipped)
 		return
 	}
-	st.running++
+	if !busy {
+		st.running++
+	}
 	if s.inflight == 0 {
 		s.idle = make(chan struct{})
 	}
 	s.inflight++
 	s.mu.Unlock()
 	r := Run{Job: j.Name, Slot: slot, FencingToken: term.Token(), Deadline: s.clock.Now().Add(j.Timeout), RunNow: runNow, Request: request}
-	log.Debug("run dispatched", "slot", slotString(slot), "deadline", r.Deadline.UTC())
+	log.Debug("run dispatched", "slot", slotString(slot), "deadline", r.Deadline.UTC(), "waits_for_overlap", busy)
 	go func() {
-		defer func() {
-			s.mu.Lock()
-			st.running--
-			s.inflight--
-			if s.inflight == 0 {
-				close(s.idle)
-			}
-			s.mu.Unlock()
-		}()
+		started := !busy || s.waitJobFree(st, r.Deadline)
+		defer s.runEnded(st, started)
+		if !started {
+			s.finish(log, j, skipped)
+			return
+		}
 		s.finish(log, j, s.run(ctx, term, log, j, r))
 	}()
+}
+
+// waitJobFree waits until the job has no run in flight, then counts one
+// for the caller; false means the deadline came first.
+func (s *Scheduler) waitJobFree(st *jobState, deadline time.Time) bool {
+	for {
+		s.mu.Lock()
+		if st.running == 0 {
+			st.running++
+			s.mu.Unlock()
+			return true
+		}
+		if st.free == nil {
+			st.free = make(chan struct{})
+		}
+		free := st.free
+		s.mu.Unlock()
+		select {
+		case <-free:
+		case <-s.clock.After(deadline.Sub(s.clock.Now())):
+			return false
+		}
+	}
+}
+
+// runEnded counts a dispatched run as finished; started says whether it
+// counted as a run of its job.
+func (s *Scheduler) runEnded(st *jobState, started bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if started {
+		st.running--
+		if st.free != nil {
+			close(st.free)
+			st.free = nil
+		}
+	}
+	s.inflight--
+	if s.inflight == 0 {
+		close(s.idle)
+	}
 }
 
 // run waits for j's group, then sends r, retrying as the job allows. The
