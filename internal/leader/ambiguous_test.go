@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -314,4 +315,31 @@ func waitHolder(t *testing.T, c *api.Client, key string, cond func(string) bool)
 		index = meta.LastIndex
 	}
 	t.Fatalf("lock key %s did not reach the wanted holder within 10s", key)
+}
+
+// A session create that fails (Consul answering 500 or 429) while the key
+// is free must not leave the candidate in a blocking query that waits for
+// a change of a key nobody holds: the fleet would stay leaderless for the
+// query's whole wait time.
+func TestFailedSessionCreateRetriesAtOnce(t *testing.T) {
+	agent := consultest.Start(t)
+	c, lt := lossyClient(t, agent.Addr)
+	var failed atomic.Bool
+	lt.set(func(l *lossyTransport) {
+		l.forge = func(path string, _ []byte) *http.Response {
+			if path != "/v1/session/create" || !failed.CompareAndSwap(false, true) {
+				return nil
+			}
+			return &http.Response{StatusCode: http.StatusInternalServerError, Header: http.Header{},
+				Body: io.NopCloser(strings.NewReader("rpc error making call: No cluster leader"))}
+		}
+	})
+	opts := options("a") // its blocking queries wait 10 s
+	start := time.Now()
+	a := campaign(t, c, opts)
+	waitTerm(t, a, opts.WaitTime/2)
+	if !failed.Load() {
+		t.Fatal("the session create never failed: the fault did nothing")
+	}
+	t.Logf("led %s after a failed session create", time.Since(start).Round(time.Millisecond))
 }

@@ -174,6 +174,11 @@ func (e *Elector) Run(ctx context.Context, lead func(context.Context, *Term) err
 				}
 				e.opts.Metrics.ConsulError("session_create")
 				e.log.Warn("create session failed", "error", err)
+				// The key was free: read it again at once after the
+				// pause, not with a blocking query that would wait
+				// for a change that may never come (a leaderless
+				// fleet for WaitTime).
+				index = 0
 				if !pause() {
 					return nil
 				}
