@@ -6,7 +6,10 @@
 // them for the next slot after the later of now and the last slot recorded
 // in the fleet's shared state, so a new leader continues where the last one
 // stopped, and a sidecar whose clock runs behind a peer's never fires a slot
-// that the peer already claimed.
+// that the peer already claimed. Such a sidecar does not wait for its own
+// clock to reach the last claim either (the fleet would fire nothing for
+// as long as the clocks differ): for its term it schedules by the fleet's
+// time, its own clock moved forward by how far ahead the last claim was.
 //
 // Guarantees: a slot is triggered only after the Term claimed it, and only
 // while the Term's lease outlives a margin, checked before the claim, before

@@ -208,6 +208,7 @@ type Scheduler struct {
 
 type jobState struct {
 	next    time.Time
+	ahead   time.Duration // see fleetNow
 	running int           // runs of this job in flight
 	free    chan struct{} // closed and replaced each time a run ends
 	last    *LastRun
@@ -332,10 +333,18 @@ func (s *Scheduler) runJob(ctx context.Context, term Term, j Job) {
 	now := s.clock.Now()
 	from := now
 	reason := ReasonOverslept
+	s.setAhead(j.Name, 0)
 	switch {
 	case last.After(now):
 		// A peer whose clock runs ahead of ours claimed slots we have
-		// not reached: never go back behind them.
+		// not reached: never go back behind them, and do not wait for
+		// this clock to catch up either (the fleet would fire nothing
+		// meanwhile): follow the fleet's time, as far ahead of this
+		// clock as the last claim shows, for this term.
+		ahead := last.Sub(now)
+		s.setAhead(j.Name, ahead)
+		log.Warn("the fleet's last claimed slot is ahead of this clock: following the fleet's time",
+			"last_claimed", slotString(last), "ahead", ahead.Round(time.Millisecond))
 		from = last
 	case !last.IsZero():
 		from = s.catchUpFrom(log, j, last, now)
@@ -347,7 +356,7 @@ func (s *Scheduler) runJob(ctx context.Context, term Term, j Job) {
 			return // a schedule that never fires again
 		}
 		s.setNext(j.Name, slot)
-		if !s.sleepUntil(ctx, slot) {
+		if !s.sleepUntil(ctx, j.Name, slot) {
 			return
 		}
 		slot, ok = s.latestDue(log, j, slot, reason, term.Token())
@@ -453,7 +462,7 @@ func (s *Scheduler) claim(ctx context.Context, term Term, j Job, slot time.Time,
 		}
 		log.Warn("claim slot outcome unknown", "slot", slotString(slot), "attempt", attempt, "error", err)
 		// At shutdown one more attempt resolves the outcome, at once.
-		if term.Remaining() < s.opts.LeaseMargin || !s.clock.Now().Add(wait).Before(nextSlot) || (ended && attempt > 1) {
+		if term.Remaining() < s.opts.LeaseMargin || !s.fleetNow(j.Name).Add(wait).Before(nextSlot) || (ended && attempt > 1) {
 			s.finish(log, j, missed)
 			return false, false, ended
 		}
@@ -488,11 +497,11 @@ func (s *Scheduler) lastSlot(ctx context.Context, term Term, j Job, log hclog.Lo
 	}
 }
 
-// sleepUntil waits until the clock reaches t; it re-checks after each wake,
-// so a clock that moved meanwhile is honoured.
-func (s *Scheduler) sleepUntil(ctx context.Context, t time.Time) bool {
+// sleepUntil waits until the job's clock (see fleetNow) reaches t; it
+// re-checks after each wake, so a clock that moved meanwhile is honoured.
+func (s *Scheduler) sleepUntil(ctx context.Context, job string, t time.Time) bool {
 	for {
-		d := t.Sub(s.clock.Now())
+		d := t.Sub(s.fleetNow(job))
 		if d <= 0 {
 			return true
 		}
@@ -510,7 +519,7 @@ func (s *Scheduler) sleepUntil(ctx context.Context, t time.Time) bool {
 // due slot ever fires, once; the ones before it are recorded as missed,
 // with reason, rather than fired in a burst.
 func (s *Scheduler) latestDue(log hclog.Logger, j Job, slot time.Time, reason string, token uint64) (time.Time, bool) {
-	now := s.clock.Now()
+	now := s.fleetNow(j.Name)
 	skipped := 0
 	first, prev := slot, slot
 	for {
@@ -658,7 +667,7 @@ func (s *Scheduler) run(ctx context.Context, term Term, log hclog.Logger, j Job,
 		r.Attempt, r.SendWithin = attempt, rem-s.opts.LeaseMargin
 		if attempt == 1 {
 			// Slot delay is the first send's; retries are late by design.
-			s.opts.Observer.TriggerSent(j.Name, s.clock.Now().Sub(r.Slot))
+			s.opts.Observer.TriggerSent(j.Name, s.fleetNow(j.Name).Sub(r.Slot))
 		}
 		res := s.app.Trigger(context.Background(), r)
 		s.opts.Observer.TriggerDone(j.Name, res.Duration)
@@ -722,6 +731,23 @@ func (s *Scheduler) record(job string, r LastRun) {
 	if st.last == nil || !r.Slot.Before(st.last.Slot) {
 		st.last = &r
 	}
+}
+
+// fleetNow is the time job's slots are scheduled by: this clock, moved
+// forward for the term by how far ahead of it the fleet's last claim was
+// (zero unless a peer's clock runs ahead of this one). Deadlines sent to
+// the app stay on this clock: the app shares this host's.
+func (s *Scheduler) fleetNow(job string) time.Time {
+	s.mu.Lock()
+	ahead := s.state[job].ahead
+	s.mu.Unlock()
+	return s.clock.Now().Add(ahead)
+}
+
+func (s *Scheduler) setAhead(job string, d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.state[job].ahead = d
 }
 
 func (s *Scheduler) setNext(job string, slot time.Time) {

@@ -482,7 +482,9 @@ func TestFiresEachSlotOnceInOrder(t *testing.T) {
 }
 
 // 2. A stored last slot ahead of the local clock (a peer whose clock runs
-// ahead) moves the first slot past it; one behind it changes nothing.
+// ahead) moves the first slot past it, and the term then follows the
+// fleet's time: it does not wait for its own clock to catch up (the fleet
+// would fire nothing meanwhile). One behind it changes nothing.
 func TestStartsAfterStoredLastSlot(t *testing.T) {
 	const sec = time.Second
 	for _, c := range []struct {
@@ -515,8 +517,13 @@ func TestStartsAfterStoredLastSlot(t *testing.T) {
 				h.clock.AdvanceTo(d)
 				wait *= 2
 			}
-			if d := h.clock.nextWaiter(t); !d.Equal(c.first) {
-				t.Fatalf("first wait until %s, want %s", d.UTC(), c.first.UTC())
+			var ahead time.Duration
+			if c.stored.After(h.clock.Now()) {
+				ahead = c.stored.Sub(h.clock.Now())
+			}
+			local := c.first.Add(-ahead) // when the first slot is due here
+			if d := h.clock.nextWaiter(t); !d.Equal(local) {
+				t.Fatalf("first wait until %s, want %s", d.UTC(), local.UTC())
 			}
 			if js := h.status("sync"); !js.NextSlot.Equal(c.first) {
 				t.Errorf("NextSlot = %s, want %s", js.NextSlot.UTC(), c.first.UTC())
@@ -524,18 +531,18 @@ func TestStartsAfterStoredLastSlot(t *testing.T) {
 
 			// Walking the clock up to just before the first slot
 			// claims nothing.
-			for now := t0.Add(sec); now.Before(c.first); now = now.Add(5 * sec) {
+			for now := h.clock.Now().Add(sec); now.Before(local); now = now.Add(5 * sec) {
 				h.clock.AdvanceTo(now)
 			}
-			h.clock.AdvanceTo(c.first.Add(-time.Nanosecond))
-			h.clock.waitPending(t, c.first)
+			h.clock.AdvanceTo(local.Add(-time.Nanosecond))
+			h.clock.waitPending(t, local)
 			if cl := h.term.claimCalls(); len(cl) != 0 {
 				t.Fatalf("claims before the first slot: %v", cl)
 			}
 
-			h.clock.AdvanceTo(c.first)
-			checkRun(t, h.app.next(t), "sync", c.first, 42, c.first.Add(30*sec))
-			h.clock.waitPending(t, c.first.Add(10*sec))
+			h.clock.AdvanceTo(local)
+			checkRun(t, h.app.next(t), "sync", c.first, 42, local.Add(30*sec))
+			h.clock.waitPending(t, local.Add(10*sec))
 			if rest := h.finish(); len(rest) != 0 {
 				checkSlots(t, "extra triggers", rest)
 			}
@@ -931,9 +938,11 @@ func TestStatus(t *testing.T) {
 	)
 
 	// Leading: the slot awaited, which for zeta is after its stored slot.
+	// That slot is 10s ahead of this clock (a peer's clock ran ahead), so
+	// zeta follows the fleet's time: its slots fire 10s early here.
 	h.term.setLast("zeta", at(10*sec))
 	h.lead()
-	h.clock.waitPending(t, at(5*sec), at(10*sec), at(20*sec))
+	h.clock.waitPending(t, at(5*sec), at(10*sec), at(10*sec))
 	check("leading",
 		want{"alpha", "@every 5s", "Test/Plus2", at(5 * sec), nil},
 		want{"mid", "@every 10s", "UTC", at(10 * sec), nil},
@@ -942,7 +951,7 @@ func TestStatus(t *testing.T) {
 
 	h.clock.AdvanceTo(at(5 * sec))
 	h.app.next(t)
-	h.clock.waitPending(t, at(10*sec), at(10*sec), at(20*sec))
+	h.clock.waitPending(t, at(10*sec), at(10*sec), at(10*sec))
 	h.settle()
 	alphaLast := &LastRun{Slot: at(5 * sec), Outcome: "ok", Status: 204, Duration: 1500 * time.Millisecond}
 	check("after alpha's run",
@@ -952,8 +961,9 @@ func TestStatus(t *testing.T) {
 	)
 
 	h.clock.AdvanceTo(at(10 * sec))
-	h.app.next(t)
-	h.app.next(t)
+	for range 3 {
+		h.app.next(t)
+	}
 	h.clock.waitPending(t, at(15*sec), at(20*sec), at(20*sec))
 	h.clock.AdvanceTo(at(15 * sec))
 	h.app.next(t)
@@ -971,8 +981,8 @@ func TestStatus(t *testing.T) {
 			&LastRun{Slot: at(20 * sec), Outcome: "ok", Status: 204, Duration: 1500 * time.Millisecond}},
 		want{"mid", "@every 10s", "UTC", at(30 * sec),
 			&LastRun{Slot: at(20 * sec), Outcome: "ok", Status: 200, Duration: sec}},
-		want{"zeta", "*/10 * * * * *", "UTC", at(30 * sec),
-			&LastRun{Slot: at(20 * sec), Outcome: "failed", Status: 500, Duration: 2 * sec}},
+		want{"zeta", "*/10 * * * * *", "UTC", at(40 * sec),
+			&LastRun{Slot: at(30 * sec), Outcome: "failed", Status: 500, Duration: 2 * sec}},
 	)
 
 	// Not leading any more: back to the next slot after now.
