@@ -50,6 +50,8 @@ type fleetOpts struct {
 	env   map[string]string // extra environment for every sidecar
 	// addrs picks, for cluster fleets, the server each sidecar talks to.
 	addrs func(cl *consultest.Cluster, i int) string
+	// app configures every recording app before it serves.
+	app []appOption
 }
 
 func newFleet(t *testing.T, o fleetOpts) *fleet {
@@ -69,7 +71,7 @@ func newFleet(t *testing.T, o fleetOpts) *fleet {
 	watchLock(t, watch, lockKey, f.h)
 	for i := range 3 {
 		id := string(rune('a' + i))
-		app := startApp(t, "app-"+id, f.h)
+		app := startApp(t, "app-"+id, f.h, o.app...)
 		addr := agent
 		switch o.route {
 		case blackhole:

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -100,19 +102,27 @@ func soakUntil(share int) time.Time {
 	return time.Now().Add(the.soak / time.Duration(share))
 }
 
-// event is one thing the apps, the lock watcher or the scenario saw.
+// event is one thing the apps, the lock watcher, the sidecars' logs or the
+// scenario saw.
 type event struct {
 	At      time.Time
-	Kind    string // "trigger", "drain", "lock", "fault", "missed"
+	Kind    string // "trigger", "jobdone", "drain", "lock", "fault", "record", "acquired", "lease-ended"
 	App     string // the app that received a request
 	Sidecar string // Leadercron-Id, or the lock holder's id for "lock"
 	Job     string
 	Slot    time.Time
 	Token   uint64
-	Session string    // "lock": the holding session, "" when free
-	Note    string    // "fault": what was done; "drain": the running count
+	Session string    // "lock": the holding session, "" when free; "acquired", "lease-ended": the sidecar's session
+	Note    string    // "fault": what was done; "drain": the running count; "lease-ended": the cause
 	Status  int       // "trigger": what the app answered
-	Until   time.Time // "record": the last slot of a recorded range
+	Until   time.Time // "record": the last slot of a recorded range; "lease-ended": ended_at
+	Key     string    // "trigger": the Idempotency-Key header
+	RunNow  string    // "trigger": the Leadercron-Run-Now header (run-now request id; "" for a scheduled slot); "record": a run-now's request id (or "true")
+	Outcome string    // "record": missed, skipped or failed
+	Reason  string    // "record": the recorded reason (scheduler.Reason*, or no_answer for failed)
+	// Unanswered: "trigger": the app read and recorded it, then gave no
+	// answer (reset the connection, or answered after its write timeout).
+	Unanswered bool
 }
 
 // history is the shared, ordered record of one scenario.
@@ -164,6 +174,25 @@ func (h *history) waitFor(t *testing.T, timeout time.Duration, what string, cond
 	}
 }
 
+// await waits until cond holds over the history, re-checking on every new
+// event, and reports whether it did before timeout; unlike waitFor it
+// does not fail the test, so that the checker can report what is missing.
+func (h *history) await(timeout time.Duration, cond func([]event) bool) bool {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		evs, changed := h.snapshot()
+		if cond(evs) {
+			return true
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			return false
+		}
+	}
+}
+
 // triggersSince returns a condition: n triggers from anyone but not, sent
 // after since.
 func triggersSince(since time.Time, n int, not ...string) func([]event) bool {
@@ -192,20 +221,37 @@ func dump(evs []event) string {
 		if !e.Slot.IsZero() {
 			slot = e.Slot.UTC().Format("15:04:05")
 		}
+		extra := e.Note
+		switch e.Kind {
+		case "record":
+			extra = strings.TrimSpace(e.Outcome + " " + e.Reason)
+			if !e.Until.Equal(e.Slot) {
+				extra += " until " + e.Until.UTC().Format("15:04:05")
+			}
+		case "lease-ended":
+			extra = "ended_at " + e.Until.Format("15:04:05.000") + " " + e.Note
+		case "trigger":
+			if e.RunNow != "" {
+				extra += " run-now=" + e.RunNow
+			}
+		}
 		fmt.Fprintf(&b, "  %s %-7s app=%s sidecar=%s job=%s slot=%s token=%d session=%.8s status=%d %s\n",
-			e.At.Format("15:04:05.000"), e.Kind, e.App, e.Sidecar, e.Job, slot, e.Token, e.Session, e.Status, e.Note)
+			e.At.Format("15:04:05.000"), e.Kind, e.App, e.Sidecar, e.Job, slot, e.Token, e.Session, e.Status, extra)
 	}
 	return b.String()
 }
 
 // recordingApp is one sidecar's co-located app. It records every request
 // in the history, and can be made slow, made to fail, taken down (refused
-// connections), or kept from draining.
+// connections), kept from draining, or made to leave triggers unanswered.
 type recordingApp struct {
 	name string
 	h    *history
 	addr string
 	URL  string
+	// writeTimeout is the app server's WriteTimeout (0: none); an answer
+	// written after it is lost, and the connection closed.
+	writeTimeout time.Duration
 
 	mu      sync.Mutex
 	srv     *http.Server
@@ -215,9 +261,40 @@ type recordingApp struct {
 	longFor time.Duration
 	running int  // background runs still going
 	stuck   bool // /drain reports one run forever
+	// ambiguous, when set, picks the triggers left unanswered: it is
+	// called once per trigger, after the trigger was read and recorded,
+	// and returns noAnswerNone, noAnswerReset or noAnswerLate.
+	ambiguous func() noAnswer
 }
 
-func startApp(t *testing.T, name string, h *history) *recordingApp {
+// noAnswer is how the app leaves a trigger it took unanswered.
+type noAnswer int
+
+const (
+	noAnswerNone  noAnswer = iota
+	noAnswerReset          // hijack the connection and reset it (RST, no answer)
+	noAnswerLate           // answer only after the server's WriteTimeout: the answer is lost
+)
+
+func (n noAnswer) String() string {
+	switch n {
+	case noAnswerReset:
+		return "no answer: connection reset"
+	case noAnswerLate:
+		return "no answer: answered after the write timeout"
+	}
+	return ""
+}
+
+// appOption configures a recording app before it serves.
+type appOption func(*recordingApp)
+
+// withWriteTimeout sets the app server's WriteTimeout.
+func withWriteTimeout(d time.Duration) appOption {
+	return func(a *recordingApp) { a.writeTimeout = d }
+}
+
+func startApp(t *testing.T, name string, h *history, opts ...appOption) *recordingApp {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -225,6 +302,9 @@ func startApp(t *testing.T, name string, h *history) *recordingApp {
 	}
 	a := &recordingApp{name: name, h: h, addr: ln.Addr().String()}
 	a.URL = "http://" + a.addr
+	for _, o := range opts {
+		o(a)
+	}
 	a.serve(ln)
 	t.Cleanup(a.down)
 	return a
@@ -234,7 +314,9 @@ func (a *recordingApp) serve(ln net.Listener) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /jobs/{name}", a.job)
 	mux.HandleFunc("POST /drain", a.drain)
-	srv := &http.Server{Handler: mux}
+	// Keep-alive stays on (the default): the sidecar's transport reuses
+	// connections, as it does against a real app.
+	srv := &http.Server{Handler: mux, WriteTimeout: a.writeTimeout}
 	a.mu.Lock()
 	a.srv = srv
 	a.mu.Unlock()
@@ -251,6 +333,7 @@ func (a *recordingApp) job(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	_, _ = io.Copy(io.Discard, r.Body) // the trigger is read in full
 	slot, err := time.Parse(time.RFC3339, body.Slot)
 	token, terr := strconv.ParseUint(r.Header.Get("Leadercron-Fencing-Token"), 10, 64)
 	if err != nil || terr != nil || body.Job != r.PathValue("name") || body.FencingToken != token {
@@ -266,8 +349,13 @@ func (a *recordingApp) job(w http.ResponseWriter, r *http.Request) {
 		status = http.StatusAccepted
 		a.running++
 	}
+	bad := noAnswerNone
+	if a.ambiguous != nil {
+		bad = a.ambiguous()
+	}
 	a.mu.Unlock()
-	a.h.add(event{Kind: "trigger", App: a.name, Sidecar: r.Header.Get("Leadercron-Id"), Job: body.Job, Slot: slot, Token: token, Status: status})
+	a.h.add(event{Kind: "trigger", App: a.name, Sidecar: r.Header.Get("Leadercron-Id"), Job: body.Job, Slot: slot, Token: token, Status: status,
+		Key: r.Header.Get("Idempotency-Key"), RunNow: r.Header.Get("Leadercron-Run-Now"), Unanswered: bad != noAnswerNone, Note: bad.String()})
 	if status == http.StatusAccepted {
 		time.AfterFunc(longFor, func() {
 			a.mu.Lock()
@@ -275,6 +363,23 @@ func (a *recordingApp) job(w http.ResponseWriter, r *http.Request) {
 			a.mu.Unlock()
 			a.h.add(event{Kind: "jobdone", App: a.name, Job: body.Job, Slot: slot, Token: token})
 		})
+	}
+	switch bad {
+	case noAnswerReset:
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			panic(fmt.Sprintf("app %s: hijack: %v", a.name, err))
+		}
+		if tc, ok := conn.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0) // Close sends RST
+		}
+		_ = conn.Close()
+		return
+	case noAnswerLate:
+		// The server set the write deadline when it read the request:
+		// wait past it, then answer; the answer is lost and the
+		// connection closed.
+		time.Sleep(a.writeTimeout + lateBy)
 	}
 	if delay > 0 {
 		t := time.NewTimer(delay)
@@ -286,6 +391,11 @@ func (a *recordingApp) job(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(status)
 }
+
+// lateBy is how long after its WriteTimeout the app answers a trigger it
+// leaves unanswered that way: enough for the deadline to have passed even
+// if the deadline was set late by scheduling lag.
+const lateBy = 200 * time.Millisecond
 
 func (a *recordingApp) drain(w http.ResponseWriter, r *http.Request) {
 	a.mu.Lock()
@@ -385,8 +495,9 @@ func holderID(v []byte) string {
 }
 
 // proc is one running leadercron process. It logs JSON; the slots its
-// scheduler records as missed or skipped go into the history as "record"
-// events.
+// scheduler records as missed, skipped or failed go into the history as
+// "record" events, and its leader's acquire and lease end as "acquired"
+// and "lease-ended" events.
 type proc struct {
 	id      string
 	h       *history
@@ -413,7 +524,7 @@ func (p *proc) Write(b []byte) (int, error) {
 	}
 	p.mu.Unlock()
 	for _, l := range lines {
-		if e, ok := parseRecord(l); ok {
+		if e, ok := parseLine(l); ok {
 			e.Sidecar = p.id
 			p.h.add(e)
 		}
@@ -421,23 +532,74 @@ func (p *proc) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// parseRecord reads a scheduler log line that records slots as missed or
-// skipped: one slot ("slot"), or a range from "first" up to the slot
-// "firing" (exclusive), or up to the time of the line when nothing fired.
-func parseRecord(line []byte) (event, bool) {
-	var l struct {
-		At      time.Time `json:"@timestamp"`
-		Job     string    `json:"job"`
-		Outcome string    `json:"outcome"`
-		Reason  string    `json:"reason"`
-		Slot    string    `json:"slot"`
-		First   string    `json:"first"`
-		Firing  string    `json:"firing"`
-	}
-	if json.Unmarshal(line, &l) != nil || l.Job == "" || (l.Outcome != "missed" && l.Outcome != "skipped") {
+// logLine is the part of a sidecar's JSON log line (hclog) the suite
+// reads.
+type logLine struct {
+	At      time.Time       `json:"@timestamp"`
+	Message string          `json:"@message"`
+	Job     string          `json:"job"`
+	Outcome string          `json:"outcome"`
+	Reason  string          `json:"reason"`
+	Slot    string          `json:"slot"`
+	First   string          `json:"first"`
+	Firing  string          `json:"firing"`
+	RunNow  bool            `json:"run_now"`
+	Request string          `json:"request"`
+	Session string          `json:"session"`
+	Token   json.Number     `json:"fencing_token"`
+	Cause   json.RawMessage `json:"cause"`
+	EndedAt string          `json:"ended_at"`
+}
+
+// parseLine reads one sidecar log line: see parseRecord, and
+//
+//	"leadership acquired" (fencing_token, session): an "acquired" event
+//	at the line's time;
+//	"leadership lease ended" (session, cause, ended_at): a "lease-ended"
+//	event whose Until is ended_at, the instant the sidecar's lease ended
+//	or it learnt of the loss, whichever came first.
+func parseLine(line []byte) (event, bool) {
+	var l logLine
+	if json.Unmarshal(line, &l) != nil {
 		return event{}, false
 	}
-	e := event{Kind: "record", Job: l.Job, Note: l.Outcome + " " + l.Reason}
+	switch l.Message {
+	case "leadership acquired":
+		tok, err := strconv.ParseUint(l.Token.String(), 10, 64)
+		if err != nil || l.Session == "" {
+			return event{}, false
+		}
+		return event{At: l.At, Kind: "acquired", Token: tok, Session: l.Session}, true
+	case "leadership lease ended":
+		ended, err := time.Parse(time.RFC3339Nano, l.EndedAt)
+		if err != nil || l.Session == "" {
+			return event{}, false
+		}
+		cause := string(l.Cause)
+		var s string
+		if json.Unmarshal(l.Cause, &s) == nil {
+			cause = s
+		}
+		return event{At: l.At, Kind: "lease-ended", Session: l.Session, Until: ended, Note: cause}, true
+	}
+	return parseRecord(l)
+}
+
+// parseRecord reads a scheduler log line that records slots as missed or
+// skipped: one slot ("slot"), or a range from "first" up to the slot
+// "firing" (exclusive), or up to the time of the line when nothing fired;
+// or a slot whose trigger failed ("slot finished", outcome failed).
+func parseRecord(l logLine) (event, bool) {
+	if l.Job == "" || (l.Outcome != "missed" && l.Outcome != "skipped" && l.Outcome != labelFailed) {
+		return event{}, false
+	}
+	e := event{Kind: "record", Job: l.Job, Note: l.Outcome + " " + l.Reason, Outcome: l.Outcome, Reason: l.Reason}
+	if l.RunNow {
+		e.RunNow = "true"
+		if l.Request != "" {
+			e.RunNow = l.Request
+		}
+	}
 	if t, err := time.Parse(time.RFC3339, l.Slot); err == nil {
 		e.Slot, e.Until = t, t
 		return e, true

@@ -77,7 +77,7 @@ func TestNaiveBaselinePartition(t *testing.T) {
 	h.fault("heal " + id)
 	proxies[l].Heal()
 	to := f.settle(time.Now(), 10, 30*time.Second)
-	c := f.spec(from, to, at, window{at, at.Add(crashBound), "leader cut off"})
+	c := f.spec(from, to, at, window{from: at, to: at.Add(crashBound), why: "leader cut off"})
 	c.naive = true
 	v := finish(t, h, c, "")
 	t.Logf("naive baseline: %d violations (recorded, not failed); two leaders for %s", len(v.Violations), v.TwoLeaders.Round(10*time.Millisecond))

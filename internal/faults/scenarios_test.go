@@ -2,6 +2,7 @@ package faults
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"syscall"
 	"testing"
@@ -10,8 +11,10 @@ import (
 	"github.com/leadercron/leadercron/internal/consultest"
 )
 
-// scenarioCount is how many scenarios share the soak time.
-const scenarioCount = 15
+// scenarioCount is how many scenarios share the soak time: the Test*
+// scenarios of this package (scenarios_test.go, naive_test.go,
+// skew_test.go and ambiguous_test.go; TestCheckerCatches is none).
+const scenarioCount = 23
 
 // loop runs round at least once, and again while the soak lasts.
 func loop(round func(i int)) { loopN(1, round) }
@@ -42,7 +45,7 @@ func TestKillLeader(t *testing.T) {
 		}
 		f.procs[l].signal(t, syscall.SIGKILL)
 		f.procs[l].wait(t, 5*time.Second)
-		excused = append(excused, window{at, at.Add(crashBound), "leader killed"})
+		excused = append(excused, window{from: at, to: at.Add(crashBound), why: "leader killed", reasons: reasonsCrash})
 		evs := f.h.waitFor(t, crashBound+5*time.Second, "a trigger from a standby", triggersSince(at, 1, id))
 		took := lockTakeover(evs, at, id)
 		if took < lockDelay || took > crashBound {
@@ -115,8 +118,11 @@ func TestSigtermDrainsLongJob(t *testing.T) {
 			t.Errorf("new leader triggered at %s, while the old leader's long run still ran (until %s)", next.Format("15:04:05.000"), done.Format("15:04:05.000"))
 		}
 		// A graceful handover may lose only the slots due during the
-		// drain and the second after the release.
-		excused = append(excused, window{at, released.Add(time.Second), "graceful handover (drain)"})
+		// drain and the second after the release: the new leader fires
+		// the latest of them late and records the others as no_leader.
+		// It knows of them all, so every one must be recorded.
+		excused = append(excused, window{from: at, to: released.Add(time.Second), why: "graceful handover (drain)",
+			reasons: []string{reasonNoLeader}, mustRecord: true})
 		notes = fmt.Sprintf("drain waited %s for the long run; release to the new leader's first trigger %s",
 			done.Sub(at).Round(10*time.Millisecond), next.Sub(released).Round(10*time.Millisecond))
 		f.restart(l)
@@ -151,10 +157,18 @@ func TestSigstopLeader(t *testing.T) {
 		token := tokenOf(evs, id, at)
 		cont := f.h.fault("SIGCONT " + id)
 		f.procs[l].signal(t, syscall.SIGCONT)
-		excused = append(excused, window{at, at.Add(crashBound), "leader paused"})
+		excused = append(excused, window{from: at, to: at.Add(crashBound), why: "leader paused", reasons: reasonsPaused, mustRecord: true})
 		f.h.waitFor(t, 10*time.Second, "triggers after the pause", triggersSince(cont, 3))
-		sleep(2 * time.Second)
-		evs, _ = f.h.snapshot()
+		// Once awake, the paused leader finds its lease gone and logs
+		// so; it may send nothing more under its token.
+		evs = f.h.waitFor(t, 10*time.Second, "the paused leader's lease end", func(evs []event) bool {
+			for _, e := range evs {
+				if e.Kind == "lease-ended" && e.Sidecar == id && e.At.After(at) {
+					return true
+				}
+			}
+			return false
+		})
 		for _, e := range evs {
 			if e.Kind == "trigger" && e.Sidecar == id && e.Token == token && e.At.After(cont) {
 				t.Errorf("stale leader %s fired %s@%s with token %d at %s, after SIGCONT", id, e.Job, e.Slot.Format("15:04:05"), token, e.At.Format("15:04:05.000"))
@@ -190,7 +204,7 @@ func partition(t *testing.T, f *fleet, r interface{ Int64N(int64) int64 }, what 
 		stopped := lastTrigger(evs, id, token)
 		f.h.fault("heal " + id)
 		heal(l)
-		excused = append(excused, window{at, at.Add(crashBound), "leader cut off"})
+		excused = append(excused, window{from: at, to: at.Add(crashBound), why: "leader cut off", reasons: reasonsLeaseLoss})
 		evs = f.h.waitFor(t, 15*time.Second, "triggers after healing", triggersSince(time.Now(), 3))
 		took := lockTakeover(evs, at, id)
 		lease := ttl - ttl/5
@@ -243,7 +257,7 @@ func TestConsulErrors(t *testing.T) {
 				p.Heal()
 			}
 			end := f.h.fault("consul healed")
-			excused = append(excused, window{at, end.Add(crashBound), fmt.Sprintf("consul answering %d", st)})
+			excused = append(excused, window{from: at, to: end.Add(crashBound), why: fmt.Sprintf("consul answering %d", st), reasons: reasonsLeaseLoss})
 			sleep(between(r, time.Second, 3*time.Second))
 		}
 	})
@@ -291,7 +305,7 @@ func TestConsulLeaderKilled(t *testing.T) {
 		f.cl.Restart(l)
 		f.cl.WaitReady(60 * time.Second)
 		ready := f.h.fault(fmt.Sprintf("consul server %d back", l))
-		excused = append(excused, window{at, elected.Add(crashBound), "consul election"})
+		excused = append(excused, window{from: at, to: elected.Add(crashBound), why: "consul election", reasons: reasonsLeaseLoss})
 		f.h.waitFor(t, 20*time.Second, "triggers after the election", triggersSince(ready, 3))
 		note = fmt.Sprintf("consul election took %s", elected.Sub(at).Round(10*time.Millisecond))
 	})
@@ -323,7 +337,7 @@ func TestConsulFullRestart(t *testing.T) {
 		}
 		f.cl.WaitReady(60 * time.Second)
 		ready := f.h.fault("consul cluster back")
-		excused = append(excused, window{at, ready.Add(crashBound), "consul down"})
+		excused = append(excused, window{from: at, to: ready.Add(crashBound), why: "consul down", reasons: reasonsLeaseLoss})
 		f.h.waitFor(t, 30*time.Second, "triggers after the restart", triggersSince(ready, 3))
 		note = fmt.Sprintf("consul down %s, back after %s", down.Round(10*time.Millisecond), ready.Sub(at).Round(10*time.Millisecond))
 	})
@@ -336,17 +350,111 @@ func TestAppSlow(t *testing.T) {
 	r := rng(t.Name())
 	f := newFleet(t, fleetOpts{})
 	l, from := f.warm()
+	var excused []window
 	loop(func(int) {
 		d := between(r, 500*time.Millisecond, 3*time.Second)
-		f.h.fault(fmt.Sprintf("app-%s takes %s per run", f.procs[l].id, d.Round(time.Millisecond)))
+		at := f.h.fault(fmt.Sprintf("app-%s takes %s per run", f.procs[l].id, d.Round(time.Millisecond)))
 		f.apps[l].set(func(a *recordingApp) { a.delay = d })
 		sleep(6 * time.Second)
 		f.apps[l].set(func(a *recordingApp) { a.delay = 0 })
-		f.h.fault("app fast again")
+		fast := f.h.fault("app fast again")
+		// A run that started just before lasts d more: slots due until
+		// then may be skipped by the overlap policy, and must be
+		// recorded so.
+		excused = append(excused, window{from: at, to: fast.Add(d), why: "app slow", reasons: []string{reasonOverlap}, mustRecord: true})
 		l = f.leader(1, time.Now(), 10*time.Second)
 	})
 	to := f.settle(time.Now(), 10, 30*time.Second)
-	finish(t, f.h, f.spec(from, to, time.Time{}), "runs take 0.5-3 s; slots skipped by the overlap policy are recorded")
+	finish(t, f.h, f.spec(from, to, time.Time{}, excused...), "runs take 0.5-3 s; slots skipped by the overlap policy are recorded")
+}
+
+// ambiguousWriteTimeout is the apps' WriteTimeout in TestAppAmbiguous: a
+// trigger the app answers after it (by lateBy) loses its answer. It is
+// far above the time a prompt answer takes, and the late answer (500 ms)
+// stays below the tick job's period, so that the job's next slot does
+// not find the run still in flight (overlap).
+const ambiguousWriteTimeout = 300 * time.Millisecond
+
+// TestAppAmbiguous makes the leader's app take triggers and leave some of
+// them unanswered: it reads a trigger in full and records it, then resets
+// the connection without an answer, or answers only after its server's
+// WriteTimeout (the answer is lost, the connection closed), every second
+// or third trigger, the two ways in turn, for 15-20 s of slots.
+// Keep-alive is on, so the sidecar's transport sends most triggers on a
+// reused connection, where Go's http.Transport replays a request that
+// carries an Idempotency-Key when the connection breaks before an answer.
+// The app got each such trigger: it counts as fired, must not come again,
+// and its sender must record it as failed, no_answer.
+//
+// Old code (e47c4f1, before the app client stopped the transport's
+// replay): 12 duplicate triggers in each of two runs, 10 slots sent two or
+// three times, none recorded as no_answer (the replay's answer was taken
+// for the trigger's).
+func TestAppAmbiguous(t *testing.T) {
+	t.Parallel()
+	r := rng(t.Name())
+	f := newFleet(t, fleetOpts{app: []appOption{withWriteTimeout(ambiguousWriteTimeout)}})
+	l, from := f.warm()
+	var excused []window
+	loop(func(int) {
+		d := between(r, 15*time.Second, 20*time.Second)
+		// The app's own random source, used under its lock.
+		gaps := rand.New(rand.NewPCG(r.Uint64(), r.Uint64()))
+		n, next, how := 0, 2+gaps.IntN(2), noAnswerReset
+		at := f.h.fault(fmt.Sprintf("app-%s leaves every second or third trigger unanswered for %s", f.procs[l].id, d.Round(time.Millisecond)))
+		f.apps[l].set(func(a *recordingApp) {
+			a.ambiguous = func() noAnswer {
+				n++
+				if n < next {
+					return noAnswerNone
+				}
+				next = n + 2 + gaps.IntN(2)
+				this := how
+				how = map[noAnswer]noAnswer{noAnswerReset: noAnswerLate, noAnswerLate: noAnswerReset}[how]
+				return this
+			}
+		})
+		sleep(d)
+		f.apps[l].set(func(a *recordingApp) { a.ambiguous = nil })
+		end := f.h.fault("app answers every trigger again")
+		// A late answer keeps its run in flight for 500 ms: on a loaded
+		// machine the job's next slot may find it still running, and be
+		// skipped (overlap), as for any slow app; it must be recorded.
+		excused = append(excused, window{from: at, to: end.Add(ambiguousWriteTimeout + lateBy), why: "app answers late",
+			reasons: []string{reasonOverlap}, mustRecord: true})
+		l = f.leader(1, time.Now(), 10*time.Second)
+	})
+	to := f.settle(time.Now(), 10, 30*time.Second)
+	// Each unanswered trigger's sender logs its fate once the connection
+	// broke: wait for those records (the checker reports any missing).
+	noAnswerRecorded := func(evs []event) (unanswered, recorded int, kinds map[string]int) {
+		kinds = map[string]int{}
+		for _, e := range evs {
+			if e.Kind != "trigger" || !e.Unanswered {
+				continue
+			}
+			unanswered++
+			kinds[e.Note]++
+			for _, x := range evs {
+				if x.Kind == "record" && x.Sidecar == e.Sidecar && x.Job == e.Job && x.Slot.Equal(e.Slot) && x.Outcome == labelFailed && x.Reason == reasonNoAnswer {
+					recorded++
+					break
+				}
+			}
+		}
+		return unanswered, recorded, kinds
+	}
+	f.h.await(10*time.Second, func(evs []event) bool {
+		u, rec, _ := noAnswerRecorded(evs)
+		return rec == u
+	})
+	evs, _ := f.h.snapshot()
+	u, rec, k := noAnswerRecorded(evs)
+	if u == 0 {
+		t.Error("the app left no trigger unanswered: the fault did nothing")
+	}
+	finish(t, f.h, f.spec(from, to, time.Time{}, excused...), fmt.Sprintf("%d triggers unanswered (%d reset, %d answered after the write timeout); %d recorded failed %s",
+		u, k[noAnswerReset.String()], k[noAnswerLate.String()], rec, reasonNoAnswer))
 }
 
 func TestAppErrors(t *testing.T) {
@@ -381,11 +489,11 @@ func TestAppRefused(t *testing.T) {
 		sleep(d)
 		f.apps[l].up(t)
 		up := f.h.fault("app up")
-		excused = append(excused, window{at, up, "app down"})
+		excused = append(excused, window{from: at, to: up, why: "app down", reasons: []string{labelFailed}, mustRecord: true})
 		l = f.leader(2, up, 10*time.Second)
 	})
 	to := f.settle(time.Now(), 10, 30*time.Second)
-	finish(t, f.h, f.spec(from, to, time.Time{}, excused...), "slots while the app refused connections are lost, not retried")
+	finish(t, f.h, f.spec(from, to, time.Time{}, excused...), "slots while the app refused connections fail, recorded as failed, not retried")
 }
 
 func TestDrainNeverFinishes(t *testing.T) {
@@ -410,7 +518,8 @@ func TestDrainNeverFinishes(t *testing.T) {
 		}
 		exited := f.h.fault(id + " exited")
 		bound := drainTimeout + crashBound
-		excused = append(excused, window{at, at.Add(bound), "drain timeout, lock left to expire"})
+		excused = append(excused, window{from: at, to: at.Add(bound), why: "drain timeout, lock left to expire",
+			reasons: []string{reasonNoLeader}, mustRecord: true})
 		evs := f.h.waitFor(t, bound+5*time.Second, "a trigger from a standby", triggersSince(at, 1, id))
 		took := lockTakeover(evs, at, id)
 		if took < 0 || took < exited.Sub(at)+lockDelay || took > bound {
@@ -468,7 +577,7 @@ func TestSigtermAtSlot(t *testing.T) {
 				break
 			}
 		}
-		excused = append(excused, window{at, released.Add(time.Second), "graceful handover"})
+		excused = append(excused, window{from: at, to: released.Add(time.Second), why: "graceful handover", mustRecord: true})
 		note = fmt.Sprintf("SIGTERM %s after the slot; released after %s", at.Sub(at.Truncate(time.Second)).Round(time.Millisecond), released.Sub(at).Round(time.Millisecond))
 		f.restart(l)
 	})

@@ -1,6 +1,7 @@
 package faults
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -113,7 +114,10 @@ func TestClockSkew(t *testing.T) {
 	for i, skew := range skews {
 		id := string(rune('a' + i))
 		clock := skewedClock{skew}
-		log := hclog.New(&hclog.LoggerOptions{Name: id, Level: hclog.Debug, Output: &logs})
+		// JSON, as the binary logs: the leader's acquire and lease-end
+		// lines go into the history (see parseLine), for the own-lease
+		// check.
+		log := hclog.New(&hclog.LoggerOptions{Name: id, Level: hclog.Debug, JSONFormat: true, Output: &leaseLog{id: id, h: h, w: &logs}})
 		var sjobs []scheduler.Job
 		for name, spec := range jobs {
 			s, err := parser.Parse(spec)
@@ -150,6 +154,7 @@ func TestClockSkew(t *testing.T) {
 	ins[cur].start()
 	h.waitFor(t, 20*time.Second, "a first trigger", triggersSince(time.Time{}, 1))
 	order := []string{fmt.Sprintf("%s(%+v)", ins[cur].id, ins[cur].skew.Round(time.Second))}
+	var handedOver time.Time
 	handovers := 6
 	if the.soak > 0 {
 		handovers = int(the.soak / scenarioCount / (4 * time.Second))
@@ -158,16 +163,38 @@ func TestClockSkew(t *testing.T) {
 		sleep(between(r, 2*time.Second, 4*time.Second))
 		next := (cur + 1 + r.IntN(2)) % 3
 		ins[next].start()
-		h.fault(fmt.Sprintf("handover %s (skew %s) -> %s (skew %s)", ins[cur].id, ins[cur].skew.Round(time.Second), ins[next].id, ins[next].skew.Round(time.Second)))
+		handedOver = h.fault(fmt.Sprintf("handover %s (skew %s) -> %s (skew %s)", ins[cur].id, ins[cur].skew.Round(time.Second), ins[next].id, ins[next].skew.Round(time.Second)))
 		ins[cur].stop(t)
 		cur = next
 		order = append(order, fmt.Sprintf("%s(%+v)", ins[cur].id, ins[cur].skew.Round(time.Second)))
 	}
-	sleep(3 * time.Second)
+	// Liveness: the last leader fires, whatever the skew of the one
+	// before it. It takes the lock at once (released to it); the jobs
+	// fire every second, so skewLive triggers take about two seconds.
+	lastLeader := ins[cur].id
+	live := h.await(skewLiveWithin, func(evs []event) bool {
+		n := 0
+		for _, e := range evs {
+			if e.Kind == "trigger" && e.Sidecar == lastLeader && e.At.After(handedOver) {
+				n++
+			}
+		}
+		return n >= skewLive
+	})
 	ins[cur].stop(t)
 
 	evs, _ := h.snapshot()
 	v := check(t, t.Name(), evs, checkSpec{})
+	if !live {
+		n := 0
+		for _, e := range evs {
+			if e.Kind == "trigger" && e.Sidecar == lastLeader && e.At.After(handedOver) {
+				n++
+			}
+		}
+		v.Violations = append(v.Violations, fmt.Sprintf("liveness: after the last handover (%s), the new leader %s (skew %s) fired %d triggers in %s, want at least %d",
+			hmsms(handedOver), lastLeader, ins[cur].skew.Round(time.Second), n, skewLiveWithin, skewLive))
+	}
 	// Continuity: between the first and the last slot fired, every slot
 	// fired or was recorded.
 	var records []event
@@ -200,6 +227,7 @@ func TestClockSkew(t *testing.T) {
 				v.MissedRecorded++
 				continue
 			}
+			v.Unexplained++
 			v.Violations = append(v.Violations, fmt.Sprintf("skipped without a record: %s@%s", job, slot.Format("15:04:05")))
 		}
 	}
@@ -211,6 +239,33 @@ func TestClockSkew(t *testing.T) {
 	if len(v.Violations) > 0 {
 		t.Errorf("%d violations:\n  %s\nhistory:\n%s", len(v.Violations), strings.Join(v.Violations, "\n  "), dump(evs))
 	}
+}
+
+// skewLive is how many triggers the last leader of TestClockSkew must
+// send within skewLiveWithin of the last handover: the jobs fire 1.5
+// times a second, and a released lock is taken at once, so a live leader
+// sends them in about two seconds; the rest is room for a loaded machine.
+const (
+	skewLive       = 3
+	skewLiveWithin = 10 * time.Second
+)
+
+// leaseLog passes an in-process sidecar's JSON log lines on to w, and puts
+// its leader's acquire and lease-end lines into the history, as proc does
+// for a process.
+type leaseLog struct {
+	id string
+	h  *history
+	w  io.Writer
+}
+
+func (l *leaseLog) Write(p []byte) (int, error) {
+	// hclog writes one line per call.
+	if e, ok := parseLine(bytes.TrimSpace(p)); ok && (e.Kind == "acquired" || e.Kind == "lease-ended") {
+		e.Sidecar = l.id
+		l.h.add(e)
+	}
+	return l.w.Write(p)
 }
 
 // syncBuffer is an io.Writer safe for concurrent loggers.
