@@ -53,7 +53,7 @@ func newSidecar(cfg config.Config, log hclog.Logger, m *metrics.Metrics, store *
 	}
 	s := &sidecar{cfg: cfg, log: log, app: app, m: m, store: store, unknownReqs: map[string]bool{}}
 	opts := scheduler.Options{
-		// Renewals come every TTL/3 and the lease is TTL*4/5 long, so
+		// Renewals come every TTL/4 and the lease is TTL*4/5 long, so
 		// a healthy leader always has more than TTL/5 left; less means
 		// renewals are failing and the lease is about to end.
 		LeaseMargin: cfg.SessionTTL / 5,

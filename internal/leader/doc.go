@@ -22,9 +22,10 @@
 //     cancelled, with a cause wrapping ErrLockLost, when the lease ends, when
 //     a renew answers 404, or when a consistent read or a slot claim shows
 //     that another session holds the key.
-//   - Renews go every TTL/3 counted from the previous renew's send, not its
+//   - Renews go every TTL/4 counted from the previous renew's send, not its
 //     answer, wait up to TTL/2 and may overlap, so an agent whose answers
-//     take up to TTL/2 never ends the leadership by slowness alone.
+//     take up to TTL/2 does not end the leadership by slowness alone (0.05
+//     TTL is left for scheduling delays at that latency).
 //   - Run never returns, and never campaigns again, while the lead function
 //     it called is still running. On a graceful return it releases the key
 //     (no lock-delay, so a standby's blocking query wakes at once) and then

@@ -46,9 +46,9 @@ type nopMetrics struct{}
 
 func (nopMetrics) ConsulError(string) {}
 
-// requestTimeout bounds one claim, take, read, release or destroy. It
-// stays under a renew period (TTL/3) so that an unknown outcome is known to
-// be unknown, and resolved, while the lease still runs; the 500 ms floor
+// requestTimeout bounds one claim, take or read. At TTL/3 an unknown
+// outcome is known to be unknown, and resolved by a re-read, well within
+// the lease (TTL - TTL/5); the 500 ms floor
 // covers a loopback round trip to a busy agent under a very short TTL.
 func (o *Options) requestTimeout() time.Duration { return max(o.TTL/3, 500*time.Millisecond) }
 
@@ -63,9 +63,17 @@ const FinalRequestTimeout = time.Second
 // renewTimeout bounds one session create, renew or lock acquire. It must
 // exceed the agent's latency for a slow agent not to end leadership, and a
 // renew answered later than TTL/2 after its send extends the lease by less
-// than 0.3 TTL, too little to wait for. Renews are sent every TTL/3 from
-// the previous send, so with this timeout at most two overlap.
+// than 0.3 TTL, too little to wait for. See renewLoop for why, with renews
+// every renewPeriod, an answer within this timeout keeps the lease whole.
 func (o *Options) renewTimeout() time.Duration { return max(o.TTL/2, 500*time.Millisecond) }
+
+// renewPeriod is how often the session is renewed, counted from the
+// previous renew's send. TTL/4 rather than the usual TTL/3: with renews
+// every TTL/3 the lease (TTL - TTL/5 from each send) would stay whole only
+// while answers take under 0.47 TTL, less than the renew timeout; at TTL/4
+// the bound is 0.55 TTL, above it. The cost is one renew a minute more at
+// the default TTL of 15 s.
+func (o *Options) renewPeriod() time.Duration { return o.TTL / 4 }
 
 // leaseLength is TTL minus a margin of TTL/5 for clock-rate error and
 // scheduling delay between taking sendTime and the server resetting its

@@ -138,19 +138,23 @@ func (s *session) lose(cause error) {
 	}
 }
 
-// renewLoop sends a renew every TTL/3, counted from the previous renew's
-// send rather than its answer, so that a slow agent does not stretch the
-// period: with agent latency L each renew still extends the lease to its
-// send time + TTL - TTL/5. A renew may take up to renewTimeout, longer than
-// the period, so up to two renews can be in flight at once; the lease is
-// extended by whichever answer carries the latest send time. A renew that
+// renewLoop sends a renew every renewPeriod (TTL/4), counted from the
+// previous renew's send rather than its answer, so that a slow agent does
+// not stretch the period: with agent latency L each renew still extends the
+// lease to its send time + TTL - TTL/5. A renew may take up to renewTimeout
+// (TTL/2), longer than the period, so renews overlap; the lease is extended
+// by whichever answer carries the latest send time. The lease stays
+// continuous while answers come within the timeout: the next renew is sent
+// TTL/4 after one whose lease lasts 0.8 TTL, and is answered within TTL/2,
+// so 0.05 TTL is left over for scheduling delays (more for faster answers:
+// 0.15 TTL at 0.4 TTL of latency). A renew that
 // fails is retried sooner; it never extends the lease, which ends on its
 // own timer (see checkExpiry) however long a request hangs.
 func (s *session) renewLoop(ctx context.Context) {
 	defer close(s.stopped)
 	expiry := time.AfterFunc(s.remaining(), s.checkExpiry)
 	defer expiry.Stop()
-	every := s.opts.TTL / 3
+	every := s.opts.renewPeriod()
 	retry := min(s.opts.RetryInterval, s.opts.TTL/6)
 	results := make(chan renewResult, maxRenewsInFlight)
 	var inflight sync.WaitGroup
@@ -194,10 +198,11 @@ func (s *session) renewLoop(ctx context.Context) {
 	}
 }
 
-// maxRenewsInFlight bounds concurrent renews: renewTimeout (TTL/2) is
-// below two renew periods (2*TTL/3), so two suffice for every period to
-// have its renew.
-const maxRenewsInFlight = 2
+// maxRenewsInFlight bounds concurrent renews: a renew lasts at most
+// renewTimeout (TTL/2), two renew periods, so at most two are in flight
+// when the next is due, and a third slot covers a timer that fires a
+// little early.
+const maxRenewsInFlight = 3
 
 type renewResult struct {
 	sent  time.Time
