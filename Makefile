@@ -1,6 +1,6 @@
 # Convenience targets; each one is a script under scripts/ that works
 # without make too.
-.PHONY: test quickstart demo bench bench-quick
+.PHONY: test quickstart demo bench bench-quick fuzz
 
 test:        ## the whole suite, as CI runs it
 	./scripts/test.sh
@@ -16,3 +16,6 @@ bench:       ## the full benchmark (several minutes)
 
 bench-quick: ## the benchmark's quick mode, as CI runs it
 	./scripts/bench.sh -quick
+
+fuzz:        ## each Go fuzz target for FUZZTIME (default 30s), e.g. make fuzz FUZZTIME=2m
+	./scripts/fuzz.sh

@@ -83,6 +83,9 @@ func Main(ctx context.Context, args []string, environ []string, stdout, stderr i
 		return code
 	}
 	log := newLogger(cfg, stderr)
+	if code := checkConsul(ctx, consul, env, stderr, log); code != ExitOK {
+		return code
+	}
 	err := Run(ctx, cfg, consul, log)
 	switch {
 	case err == nil:
@@ -185,7 +188,15 @@ func Run(ctx context.Context, cfg config.Config, consul *api.Client, log hclog.L
 	if consul != nil {
 		store = ledger.New(consul, cfg.KVPrefix)
 	}
-	s := newSidecar(cfg, log, m, store)
+	var signer *appclient.Signer
+	if cfg.TriggerSecret.IsSet() {
+		// Load checked the length, the one thing NewSigner refuses.
+		if signer, err = appclient.NewSigner(cfg.TriggerSecret.Bytes(), time.Now); err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("LEADERCRON_TRIGGER_SECRET: %w", err)
+		}
+	}
+	s := newSidecar(cfg, log, m, store, signer)
 
 	var elector electorRunner
 	if consul != nil {
@@ -208,8 +219,19 @@ func Run(ctx context.Context, cfg config.Config, consul *api.Client, log hclog.L
 	if len(cfg.Jobs) == 0 {
 		log.Warn("no jobs configured: set LEADERCRON_JOB_<NAME> variables")
 	}
+	// The secrets are never logged: the trigger secret's key id is (every
+	// signed request carries it), the admin token only as set or not.
+	signing := "off"
+	if signer != nil {
+		signing = "v1 kid " + signer.KeyID()
+	}
 	log.Info("leadercron started", "version", Version, "service", cfg.Service, "lock", cfg.Lock,
-		"lock_key", cfg.LockKey(), "jobs", len(cfg.Jobs), "listen", ln.Addr().String(), "app_url", cfg.AppURL.String())
+		"lock_key", cfg.LockKey(), "jobs", len(cfg.Jobs), "listen", ln.Addr().String(), "app_url", cfg.AppURL.String(),
+		"trigger_signature", signing, "admin_token", cfg.AdminToken.IsSet())
+	if !admin.LoopbackOnly(ln.Addr()) && !cfg.AdminToken.IsSet() {
+		log.Warn("admin port reachable beyond loopback and no admin token: POST /handover answers 401 to non-loopback callers",
+			"listen", ln.Addr().String(), "variable", "LEADERCRON_ADMIN_TOKEN")
+	}
 
 	// The admin server stays up through the drain, so it has its own
 	// context; if it fails, the sidecar shuts down gracefully.
@@ -220,7 +242,9 @@ func Run(ctx context.Context, cfg config.Config, consul *api.Client, log hclog.L
 	served := make(chan struct{})
 	var serveErr error
 	go func() {
-		serveErr = admin.Serve(serveCtx, ln, admin.Handler(admin.Endpoints{Status: s.status, Metrics: m.Handler(), Handover: s.handover}), log.Named("admin"))
+		h := admin.Handler(admin.Endpoints{Status: s.status, Metrics: m.Handler(), Handover: s.handover,
+			Token: cfg.AdminToken.Bytes(), Log: log.Named("admin")})
+		serveErr = admin.Serve(serveCtx, ln, h, log.Named("admin"))
 		close(served)
 	}()
 	go func() {

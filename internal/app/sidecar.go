@@ -41,11 +41,12 @@ type sidecar struct {
 	unknownReqs    map[string]bool // run requests for jobs this sidecar does not know, logged once
 }
 
-// newSidecar builds the sidecar; store is nil in standalone mode.
-func newSidecar(cfg config.Config, log hclog.Logger, m *metrics.Metrics, store *ledger.Store) *sidecar {
+// newSidecar builds the sidecar; store is nil in standalone mode, signer
+// nil without LEADERCRON_TRIGGER_SECRET.
+func newSidecar(cfg config.Config, log hclog.Logger, m *metrics.Metrics, store *ledger.Store, signer *appclient.Signer) *sidecar {
 	// No client-wide timeout: every trigger has its own deadline and
 	// every drain poll its own timeout.
-	app := appclient.New(cfg.AppURL, cfg.ID, appclient.NewHTTPClient())
+	app := appclient.New(cfg.AppURL, cfg.ID, appclient.NewHTTPClient(), appclient.WithSigner(signer))
 	jobs := make([]scheduler.Job, len(cfg.Jobs))
 	for i, j := range cfg.Jobs {
 		jobs[i] = scheduler.Job{Name: j.Name, Spec: j.Spec, Schedule: j.Schedule, Location: j.Location, Timeout: j.Timeout,

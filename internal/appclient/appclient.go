@@ -24,6 +24,13 @@
 // a connection that was obtained, and so the resend, needs a connection
 // dialed by a NewHTTPClient transport; with any other client such a failure
 // is DeliveryUnknown.
+//
+// With a Signer (WithSigner), every trigger and every /drain poll carries
+// Leadercron-Signature, computed once per request built, so the one resend
+// above carries a signature of its own; signing adds a header and changes
+// nothing of the above (the trigger's GetBody stays nil, its body the same
+// bytes). Health checks are not signed: the health URL is the app's public
+// health endpoint.
 package appclient
 
 import (
@@ -96,20 +103,33 @@ type Client struct {
 	// followed request would fire the httptrace hooks Delivery is decided
 	// from a second time.
 	trig *http.Client
+	// signer signs triggers and drain polls; nil sends them unsigned.
+	signer *Signer
 }
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithSigner makes the Client sign every trigger and every /drain poll
+// with s (nil: unsigned).
+func WithSigner(s *Signer) Option { return func(c *Client) { c.signer = s } }
 
 // New returns a Client for the app at base. id is this sidecar's identity,
 // sent as Leadercron-Id. hc is the HTTP client to use (nil means
 // http.DefaultClient); its own timeout, if any, is on top of the per-call
 // deadlines. NewHTTPClient returns the one to use: see the package doc for
-// what Trigger needs from any other.
-func New(base *url.URL, id string, hc *http.Client) *Client {
+// what Trigger needs from any other. opts add a Signer (WithSigner).
+func New(base *url.URL, id string, hc *http.Client, opts ...Option) *Client {
 	if hc == nil {
 		hc = http.DefaultClient
 	}
 	trig := *hc
 	trig.CheckRedirect = noRedirects
-	return &Client{base: base, id: id, http: hc, trig: &trig}
+	c := &Client{base: base, id: id, http: hc, trig: &trig}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
 }
 
 func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
@@ -333,6 +353,9 @@ func (c *Client) freshClient() *http.Client {
 // Transport never resends the trigger, nor follows a 307/308 with it
 // (http.Client needs GetBody for that). The body stays a *bytes.Reader, so
 // the bytes on the wire are the same.
+//
+// With a Signer, the request is signed last, over the headers set here
+// and payload, the body's bytes.
 func (c *Client) newTriggerRequest(ctx context.Context, t Trigger, deadline string, payload []byte) (*http.Request, error) {
 	u := c.base.JoinPath("jobs", t.Job)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), bytes.NewReader(payload))
@@ -348,8 +371,12 @@ func (c *Client) newTriggerRequest(ctx context.Context, t Trigger, deadline stri
 	h.Set("Leadercron-Deadline", deadline)
 	h.Set("Leadercron-Id", c.id)
 	h.Set("Idempotency-Key", t.IdempotencyKey())
+	h.Set(HeaderAttempt, strconv.Itoa(t.Attempt))
 	if t.RunNow != "" {
 		h.Set("Leadercron-Run-Now", t.RunNow)
+	}
+	if c.signer != nil {
+		c.signer.Sign(req, payload)
 	}
 	return req, nil
 }
@@ -535,6 +562,9 @@ func (c *Client) drainOnce(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("build drain request: %w", err)
 	}
 	req.Header.Set("Leadercron-Id", c.id)
+	if c.signer != nil {
+		c.signer.Sign(req, nil) // the empty body
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return 0, fmt.Errorf("post %s: %w", u.Path, err)

@@ -141,6 +141,7 @@ func TestTriggerRequest(t *testing.T) {
 				"Leadercron-Fencing-Token": "9007199254740993",
 				"Leadercron-Id":            sidecarID,
 				"Idempotency-Key":          "send-report@" + slot,
+				"Leadercron-Attempt":       "2",
 			}
 			for k, want := range wantHeaders {
 				if got := r.header.Values(k); len(got) != 1 || got[0] != want {
@@ -149,6 +150,9 @@ func TestTriggerRequest(t *testing.T) {
 			}
 			if got := r.header.Values("Leadercron-Run-Now"); got != nil {
 				t.Errorf("header Leadercron-Run-Now %q on a scheduled slot, want none", got)
+			}
+			if got := r.header.Values("Leadercron-Signature"); got != nil {
+				t.Errorf("header Leadercron-Signature %q from a client without a Signer, want none", got)
 			}
 			hd := r.header.Get("Leadercron-Deadline")
 			d, err := time.Parse(time.RFC3339, hd)

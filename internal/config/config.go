@@ -49,6 +49,13 @@ type Config struct {
 	AppHealthURL      *url.URL
 	AppHealthInterval time.Duration
 	AppHealthFailures int
+
+	// TriggerSecret, if set, signs every request to the app
+	// (Leadercron-Signature, v1). AdminToken, if set, lets callers that
+	// are not on loopback use the admin port's mutating endpoints. Both
+	// print as [redacted].
+	TriggerSecret Secret
+	AdminToken    Secret
 }
 
 // LockKey is the Consul key the sidecars compete for.
@@ -69,7 +76,7 @@ type globals struct {
 	Service        string        `env:"LEADERCRON_SERVICE"`
 	KVPrefix       string        `env:"LEADERCRON_KV_PREFIX"`
 	ID             string        `env:"LEADERCRON_ID"`
-	AppURL         string        `env:"LEADERCRON_APP_URL" envDefault:"http://127.0.0.1:8080"`
+	AppURL         string        `env:"LEADERCRON_APP_URL" envDefault:"http://127.0.0.1:8081"`
 	Listen         string        `env:"LEADERCRON_LISTEN" envDefault:"127.0.0.1:9090"`
 	Lock           string        `env:"LEADERCRON_LOCK" envDefault:"consul"`
 	SessionTTL     time.Duration `env:"LEADERCRON_SESSION_TTL" envDefault:"15s"`
@@ -83,6 +90,16 @@ type globals struct {
 	AppHealthURL      string        `env:"LEADERCRON_APP_HEALTH_URL"`
 	AppHealthInterval time.Duration `env:"LEADERCRON_APP_HEALTH_INTERVAL" envDefault:"2s"`
 	AppHealthFailures int           `env:"LEADERCRON_APP_HEALTH_FAILURES" envDefault:"3"`
+
+	// The secrets are read by loadSecret, straight from the environment
+	// map, not through these fields: they are here so that the variables
+	// are known. (caarlos0/env's "file" option is not used for the _FILE
+	// variables: its error would not say which rule failed, and it
+	// neither trims the trailing newline nor bounds the read.)
+	TriggerSecret     string `env:"LEADERCRON_TRIGGER_SECRET"`
+	TriggerSecretFile string `env:"LEADERCRON_TRIGGER_SECRET_FILE"`
+	AdminToken        string `env:"LEADERCRON_ADMIN_TOKEN"`
+	AdminTokenFile    string `env:"LEADERCRON_ADMIN_TOKEN_FILE"`
 }
 
 // Problem is one configuration error, tied to the variable it is about.
@@ -221,10 +238,20 @@ func Load(environ map[string]string, def Defaults) (Config, error) {
 		add("LEADERCRON_LOG_FORMAT", g.LogFormat, "must be json or text")
 	}
 
+	var sps Problems
+	cfg.TriggerSecret, sps = loadSecret(environ, triggerSecretVar)
+	ps = append(ps, sps...)
+	cfg.AdminToken, sps = loadSecret(environ, adminTokenVar)
+	ps = append(ps, sps...)
+
 	known := knownGlobals()
 	for _, k := range sortedKeys(environ, "LEADERCRON_") {
 		if !strings.HasPrefix(k, JobPrefix) && !known[k] {
-			add(k, environ[k], "unknown variable (a typo? jobs are %s<NAME>)", JobPrefix)
+			value := environ[k]
+			if sensitiveName(k) {
+				value = "" // a misspelt secret variable still holds the secret
+			}
+			add(k, value, "unknown variable (a typo? jobs are %s<NAME>)", JobPrefix)
 		}
 	}
 
@@ -262,7 +289,20 @@ func knownGlobals() map[string]bool {
 	for _, k := range envKeys() {
 		known[k] = true
 	}
+	for _, k := range appSideVariables {
+		known[k] = true
+	}
 	return known
+}
+
+// appSideVariables are read by the app packages (examples/go/jobs, the
+// NestJS module), not by the sidecar: where the app and the sidecar share
+// one environment (a shell, a Nomad group's template) they must not make
+// the sidecar refuse to start as misspelt names would.
+var appSideVariables = []string{
+	"LEADERCRON_APP_LISTEN",
+	"LEADERCRON_TRIGGER_SECRET_PREVIOUS",
+	"LEADERCRON_TRIGGER_SECRET_PREVIOUS_FILE",
 }
 
 // envKeys maps each field of globals to its variable name.

@@ -95,7 +95,7 @@ func TestLoadDefaults(t *testing.T) {
 		{"KV prefix", cfg.KVPrefix, "leadercron/billing"},
 		{"lock key", cfg.LockKey(), "leadercron/billing/leader"},
 		{"jobs prefix", cfg.JobsPrefix(), "leadercron/billing/jobs/"},
-		{"app URL", cfg.AppURL.String(), "http://127.0.0.1:8080"},
+		{"app URL", cfg.AppURL.String(), "http://127.0.0.1:8081"},
 		{"listen", cfg.Listen, "127.0.0.1:9090"},
 		{"lock", cfg.Lock, config.LockConsul},
 		{"session TTL", cfg.SessionTTL, 15 * time.Second},
