@@ -463,7 +463,7 @@ func sidecarEnv(t *testing.T, td taskDefinition) map[string]string {
 		if _, dup := env[s.Name]; dup {
 			t.Errorf("sidecar sets %s both in environment and secrets", s.Name)
 		}
-		env[s.Name] = "secret-placeholder"
+		env[s.Name] = strings.Repeat("s", 64) // a stand-in as long as a real secret
 	}
 	return env
 }
@@ -566,6 +566,39 @@ func TestECSTaskDefinition(t *testing.T) {
 		}
 	})
 
+	t.Run("signed triggers on a private port", func(t *testing.T) {
+		cfg := mustLoad(t, td)
+		if !cfg.TriggerSecret.IsSet() || !net.ParseIP(cfg.AppURL.Hostname()).IsLoopback() {
+			t.Errorf("sidecar: trigger secret set %v, LEADERCRON_APP_URL %s: want a secret and a loopback URL", cfg.TriggerSecret.IsSet(), cfg.AppURL)
+		}
+		arn := func(c container) string {
+			for _, s := range c.Secrets {
+				if s.Name == "LEADERCRON_TRIGGER_SECRET" && strings.HasPrefix(s.ValueFrom, "arn:aws:secretsmanager:") {
+					return s.ValueFrom
+				}
+			}
+			return ""
+		}
+		app := td.container(t, sc.DependsOn[0].ContainerName)
+		if a, b := arn(sc), arn(app); a == "" || a != b {
+			t.Errorf("LEADERCRON_TRIGGER_SECRET from Secrets Manager: sidecar %q, app %q; want the same secret in both", a, b)
+		}
+		listen := ""
+		for _, e := range app.Environment {
+			if e.Name == "LEADERCRON_APP_LISTEN" {
+				listen = e.Value
+			}
+		}
+		if host, port, _ := net.SplitHostPort(listen); !net.ParseIP(host).IsLoopback() || port != cfg.AppURL.Port() {
+			t.Errorf("app LEADERCRON_APP_LISTEN=%q: want a loopback address on the port of LEADERCRON_APP_URL (%s)", listen, cfg.AppURL)
+		}
+		for _, pm := range app.PortMappings {
+			if strconv.Itoa(pm.ContainerPort) == cfg.AppURL.Port() {
+				t.Errorf("the app's trigger port %d is mapped: the contract must not be reachable from outside the task", pm.ContainerPort)
+			}
+		}
+	})
+
 	t.Run("logs", func(t *testing.T) {
 		for _, c := range td.ContainerDefinitions {
 			lc := c.LogConfiguration
@@ -602,20 +635,10 @@ func TestECSTaskDefinition(t *testing.T) {
 		if len(sc.PortMappings) > 0 {
 			t.Errorf("sidecar has portMappings %v: nothing outside the task needs its admin port", sc.PortMappings)
 		}
-		app := td.container(t, sc.DependsOn[0].ContainerName)
-		port := cfg.AppURL.Port()
-		if port == "" {
-			port = map[string]string{"http": "80", "https": "443"}[cfg.AppURL.Scheme]
-		}
+		// The app's trigger port is loopback-only and not mapped: see
+		// "signed triggers on a private port".
 		if !net.ParseIP(cfg.AppURL.Hostname()).IsLoopback() {
 			t.Errorf("LEADERCRON_APP_URL=%s: the app is in the same task, reach it on 127.0.0.1", cfg.AppURL)
-		}
-		served := false
-		for _, p := range app.PortMappings {
-			served = served || strconv.Itoa(p.ContainerPort) == port
-		}
-		if !served {
-			t.Errorf("LEADERCRON_APP_URL port %s is not a containerPort of %s (%v)", port, app.Name, app.PortMappings)
 		}
 	})
 }
@@ -646,9 +669,26 @@ func checkManifestEnv(t *testing.T, file string, env map[string]string) config.C
 			t.Errorf("%s: %s is not a variable the sidecar reads", file, name)
 		}
 	}
+	// A *_FILE variable names a file the platform mounts from its secret
+	// store; stand in a file of the right size for it.
+	for name, path := range env {
+		if strings.HasSuffix(name, "_FILE") {
+			stand := filepath.Join(t.TempDir(), filepath.Base(path))
+			if err := os.WriteFile(stand, []byte(strings.Repeat("0", 64)+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			env[name] = stand
+		}
+	}
 	cfg, err := config.Load(env, config.Defaults{ID: "placeholder"})
 	if err != nil {
 		t.Fatalf("%s: the sidecar's environment does not load:\n%v", file, err)
+	}
+	if !cfg.TriggerSecret.IsSet() {
+		t.Errorf("%s: no LEADERCRON_TRIGGER_SECRET(_FILE): the app would take unsigned triggers", file)
+	}
+	if host := cfg.AppURL.Hostname(); !net.ParseIP(host).IsLoopback() {
+		t.Errorf("%s: LEADERCRON_APP_URL=%s: the job contract belongs on a loopback-only listener", file, cfg.AppURL)
 	}
 	if cfg.Lock != config.LockConsul {
 		t.Errorf("%s: LEADERCRON_LOCK=%s, a fleet needs consul", file, cfg.Lock)

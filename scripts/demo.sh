@@ -23,7 +23,7 @@ say() { printf '\n%s== %s%s\n' "$bold" "$*" "$reset"; }
 
 work=$(mktemp -d)
 mkdir -p "$work/bin" "$work/logs"
-declare -A app_pid sidecar_pid app_addr admin_addr
+declare -A app_pid sidecar_pid app_addr public_addr admin_addr
 consul_pid=
 # Children run in their own session, so that Ctrl-C reaches only this script,
 # which then stops them in order (sidecars drain first). Where setsid is
@@ -175,15 +175,20 @@ export LEADERCRON_LOG_FORMAT=text
 export LEADERCRON_SESSION_TTL=10s LEADERCRON_LOCK_DELAY=5s LEADERCRON_DRAIN_INTERVAL=500ms
 export LEADERCRON_JOB_HELLO="*/2 * * * * *"
 export LEADERCRON_JOB_SEND_REPORT="*/5 * * * * * timeout=10s"
-echo "jobs: hello every 2 s; send-report every 5 s (the app works 2 s on it)"
+# One trigger secret for the fleet, from a file, read by every app and
+# sidecar: triggers are signed, and the apps refuse unsigned ones.
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/trigger-secret"
+export LEADERCRON_TRIGGER_SECRET_FILE="$work/trigger-secret"
+echo "jobs: hello every 2 s; send-report every 5 s (the app works 2 s on it); triggers signed"
 for r in "${replicas[@]}"; do
-  app_addr[$r]=127.0.0.1:$(free_port)
+  app_addr[$r]=127.0.0.1:$(free_port)    # the app's private trigger port
+  public_addr[$r]=127.0.0.1:$(free_port) # its public port
   admin_addr[$r]=127.0.0.1:$(free_port)
   echo "replica-$r: app ${app_addr[$r]}, sidecar ${admin_addr[$r]}, LEADERCRON_ID=replica-$r"
 done
 echo "${dim}(one line per event: time, replica, what happened; full logs in $work/logs)${reset}"
 for r in "${replicas[@]}"; do
-  $detach "$work/bin/demo-app" -listen "${app_addr[$r]}" >"$work/logs/app-$r.log" 2>&1 &
+  $detach "$work/bin/demo-app" -listen "${public_addr[$r]}" -trigger-listen "${app_addr[$r]}" >"$work/logs/app-$r.log" 2>&1 &
   app_pid[$r]=$!
   LEADERCRON_ID=replica-$r LEADERCRON_LISTEN=${admin_addr[$r]} LEADERCRON_APP_URL=http://${app_addr[$r]} \
     $detach "$work/bin/leadercron" > >(trap '' INT TERM; tee "$work/logs/sidecar-$r.log" | show_sidecar "$r") 2>&1 &

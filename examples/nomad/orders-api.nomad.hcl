@@ -49,6 +49,22 @@ job "orders-api" {
       }
       # The app's own shutdown after the drain; it runs no jobs by then.
       kill_timeout = "15s"
+
+      # The job contract (POST /jobs/*, /drain) on a loopback-only listener
+      # of its own, not on the "http" port; the app refuses triggers not
+      # signed with the secret below.
+      env {
+        LEADERCRON_APP_LISTEN          = "127.0.0.1:8081"
+        LEADERCRON_TRIGGER_SECRET_FILE = "${NOMAD_SECRETS_DIR}/trigger-secret"
+      }
+      template {
+        destination = "${NOMAD_SECRETS_DIR}/trigger-secret"
+        change_mode = "restart"
+        perms       = "0400"
+        data        = <<-EOT
+          {{ with nomadVar "nomad/jobs/orders-api" }}{{ .trigger_secret }}{{ end }}
+        EOT
+      }
     }
 
     task "leadercron" {
@@ -78,7 +94,9 @@ job "orders-api" {
       env {
         LEADERCRON_SERVICE         = "orders-api"
         LEADERCRON_ID              = "${NOMAD_ALLOC_ID}"
-        LEADERCRON_APP_URL         = "http://127.0.0.1:8080"
+        # The app's private trigger port; every trigger and drain is signed.
+        LEADERCRON_APP_URL             = "http://127.0.0.1:8081"
+        LEADERCRON_TRIGGER_SECRET_FILE = "${NOMAD_SECRETS_DIR}/trigger-secret"
         # Nomad starts both tasks together: stay out of elections until
         # the app answers its health URL.
         LEADERCRON_APP_HEALTH_URL  = "http://127.0.0.1:8080/healthz"
@@ -95,7 +113,8 @@ job "orders-api" {
       # The Consul token (a token with examples/consul/leadercron-policy.hcl
       # only), from Nomad Variables, which a task can read under
       # nomad/jobs/<job> without extra policy:
-      #   nomad var put nomad/jobs/orders-api consul_token=<secret id>
+      #   nomad var put nomad/jobs/orders-api consul_token=<secret id> \
+      #     trigger_secret="$(openssl rand -hex 32)"
       # The rendered file lives in the task's secrets dir, not in the image,
       # and env = true turns it into environment variables. (With Nomad >= 1.7
       # workload identities and a Consul auth method, the token can come from
@@ -106,6 +125,14 @@ job "orders-api" {
         change_mode = "restart"
         data        = <<-EOT
           {{ with nomadVar "nomad/jobs/orders-api" }}CONSUL_HTTP_TOKEN={{ .consul_token }}{{ end }}
+        EOT
+      }
+      template {
+        destination = "${NOMAD_SECRETS_DIR}/trigger-secret"
+        change_mode = "restart"
+        perms       = "0400"
+        data        = <<-EOT
+          {{ with nomadVar "nomad/jobs/orders-api" }}{{ .trigger_secret }}{{ end }}
         EOT
       }
 

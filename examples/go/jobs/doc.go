@@ -7,15 +7,83 @@
 //	POST /jobs/{name}   run job name once
 //	POST /drain         stop accepting runs; answer {"running": N}
 //
-// A Handler implements both endpoints. Register a Func per job name and mount
-// the Handler on the application's HTTP server:
+// A Handler implements both endpoints. Register a Func per job name and
+// serve the Handler on a private listener of its own, on the loopback
+// interface, separate from the application's public port:
 //
-//	h := jobs.NewHandler(jobs.Options{Logger: logger})
+//	secrets, err := jobs.SecretsFromEnv() // LEADERCRON_TRIGGER_SECRET(_FILE); nil if unset
+//	if err != nil {
+//		return err
+//	}
+//	h, err := jobs.New(jobs.Options{Logger: logger, Secrets: secrets})
+//	if err != nil {
+//		return err
+//	}
 //	h.Register("send-report", func(ctx context.Context, run jobs.Run) error {
 //		return sendReport(ctx, run.Slot)
 //	})
-//	mux := http.NewServeMux()
-//	mux.Handle("/", h) // serves POST /jobs/{name} and POST /drain
+//	ln, err := jobs.Listen("127.0.0.1:8081", h)
+//	if err != nil {
+//		return err
+//	}
+//	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+//	go srv.Serve(ln) // POST /jobs/{name} and POST /drain, nothing else
+//
+// and point the sidecar's LEADERCRON_APP_URL at http://127.0.0.1:8081. The
+// sidecar shares the application's network namespace (a Kubernetes pod, an
+// ECS task in awsvpc mode, the same host), so the trigger port need not,
+// and should not, be reachable from anywhere else. On shutdown, call Drain,
+// then Wait, then shut the server down (see Handler.Drain).
+//
+// # Authentication
+//
+// Whoever can send POST /jobs/{name} runs jobs, whoever can send POST
+// /drain stops them until the next restart, and a fencing token higher
+// than the leader's would make the Handler refuse every real trigger. So
+// every request to either endpoint is authenticated first, before
+// anything else is looked at (the draining flag, the job name, the body,
+// the fencing token); a request refused at this step changes no state.
+//
+// With Options.Secrets (the sidecar's LEADERCRON_TRIGGER_SECRET), each
+// request must carry the header
+//
+//	Leadercron-Signature: t=<unix seconds>,kid=<key id>,v1=<64 hex>
+//
+// where kid is KeyID of the secret and v1 the hex HMAC-SHA256, keyed with
+// the secret, of these 13 lines joined by "\n" (no final newline):
+// "leadercron-v1", the method, the path as sent (without the query), t,
+// the values of the headers Leadercron-Job, Leadercron-Slot,
+// Leadercron-Fencing-Token, Leadercron-Deadline, Idempotency-Key,
+// Leadercron-Attempt, Leadercron-Run-Now and Leadercron-Id ("" when
+// absent), and the lowercase hex SHA-256 of the body. Every peer must sign,
+// loopback ones included. The answers are:
+//
+//	413 body_too_large   the body is larger than MaxBodyBytes (64 KiB)
+//	401 bad_signature    no header, a malformed one, an unknown kid, a
+//	                     mismatch (wrong secret, or the request was altered),
+//	                     a signed header given twice or holding a line break
+//	401 stale_signature  a valid signature whose t is more than
+//	                     SignatureTolerance (30 s) away from the clock
+//
+// Several secrets are accepted to rotate without downtime: give the
+// applications [new, old], then switch the sidecar to new, then give the
+// applications [new] alone. Secrets must be at least MinSecretLen (32)
+// bytes; New refuses shorter ones. Secrets never appear in logs or errors.
+//
+// Without secrets, requests are not authenticated: only peers with a
+// loopback address (127.0.0.0/8, ::1; r.RemoteAddr, never a forwarding
+// header) are served, others get 403 not_loopback, and New logs a warning
+// once. Listen refuses to listen on another address than a loopback one in
+// that case. Bodies are limited to MaxBodyBytes (413) either way. A
+// reverse proxy on the same host makes every peer look local: never expose
+// a Handler without secrets through one, and never serve it over a Unix
+// socket (there is no loopback address; every request gets 403).
+//
+// A signature does not stop a request captured on the network from being
+// replayed, unchanged, within SignatureTolerance: to this application,
+// where a replayed trigger has the idempotency key of the original (a
+// duplicate once it succeeded), or to another replica sharing the secret.
+// The private listener on loopback keeps those requests off the network.
 //
 // # Request
 //
@@ -25,8 +93,10 @@
 //	 "idempotency_key": "...", "attempt": 1}
 //
 // and mirrors it in the headers Leadercron-Job, Leadercron-Slot,
-// Leadercron-Fencing-Token, Leadercron-Deadline and Idempotency-Key. The
-// body must be a JSON object and is authoritative. A value present both in
+// Leadercron-Fencing-Token, Leadercron-Deadline, Idempotency-Key and
+// Leadercron-Attempt. The body must be a JSON object and is authoritative;
+// its field names are matched exactly, a field given twice is refused, and
+// a null field counts as absent. A value present both in
 // the body and in a header must agree (times are compared as instants);
 // otherwise the request is refused with 400. A field missing from the body
 // is taken from its header. Slot, fencing token and deadline are required;
@@ -36,9 +106,10 @@
 //
 // # Responses
 //
-// Checks are made in this order; the first that fails decides the answer.
-// Every answer carries a small JSON body; refusals look like
-// {"error": "...", "code": "..."} with the codes listed below.
+// Checks are made in this order, after the authentication above; the
+// first that fails decides the answer. Every answer carries a small JSON
+// body; refusals look like {"error": "...", "code": "..."} with the codes
+// listed below.
 //
 //	503 draining             Drain was called (or POST /drain received)
 //	404 unknown_job          no Func registered under that name
@@ -72,10 +143,11 @@
 //
 // # Fencing
 //
-// The Handler remembers the highest fencing token it has seen on a
-// well-formed request for a registered job while not draining (that is, on
-// every request that reaches the fence, even one then refused for its
-// deadline, a duplicate key or a job already running). A request carrying a lower token comes from a leader
+// The Handler remembers the highest fencing token it has seen on an
+// authenticated, well-formed request for a registered job while not
+// draining (that is, on every request that reaches the fence, even one
+// then refused for its deadline, a duplicate key or a job already
+// running). A request carrying a lower token comes from a leader
 // that has since been replaced (for example one that lost its lock during a
 // network partition but does not know it yet); it is refused with 409 and
 // code "stale_fencing_token" and its job does not run. Equal tokens are

@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,20 +10,25 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 )
 
-// Header names used by the leadercron sidecar. Each mirrors a field of the
-// JSON body.
+// Header names used by the leadercron sidecar. The first six mirror a
+// field of the JSON body.
 const (
 	HeaderJob            = "Leadercron-Job"
 	HeaderSlot           = "Leadercron-Slot"
 	HeaderFencingToken   = "Leadercron-Fencing-Token"
 	HeaderDeadline       = "Leadercron-Deadline"
 	HeaderIdempotencyKey = "Idempotency-Key"
+	HeaderAttempt        = "Leadercron-Attempt"
+	HeaderRunNow         = "Leadercron-Run-Now"   // on a run-now only; signed, not interpreted
+	HeaderID             = "Leadercron-Id"        // the sidecar's id; signed, not interpreted
+	HeaderSignature      = "Leadercron-Signature" // t=<unix seconds>,kid=<key id>,v1=<HMAC>
 )
 
 // Codes found in the "code" field of refusal bodies.
@@ -35,14 +41,19 @@ const (
 	CodeDuplicate         = "duplicate"
 	CodeAlreadyRunning    = "already_running"
 	CodeJobFailed         = "job_failed"
+	CodeBadSignature      = "bad_signature"   // 401
+	CodeStaleSignature    = "stale_signature" // 401
+	CodeNotLoopback       = "not_loopback"    // 403
+	CodeBodyTooLarge      = "body_too_large"  // 413
 )
 
 // DefaultRememberKeys is the number of completed idempotency keys a Handler
 // remembers when Options.RememberKeys is 0.
 const DefaultRememberKeys = 1024
 
-// maxBodyBytes bounds the request body; the sidecar's body is far smaller.
-const maxBodyBytes = 1 << 20
+// MaxBodyBytes bounds the body of POST /jobs/{name} and POST /drain; a
+// larger one is refused with 413. The sidecar's bodies are far smaller.
+const MaxBodyBytes = 64 << 10
 
 // Run describes one triggered run of a job.
 type Run struct {
@@ -70,14 +81,27 @@ type Options struct {
 	// refuse duplicates. 0 means DefaultRememberKeys; a negative value
 	// remembers none (keys of running jobs are always tracked).
 	RememberKeys int
+	// Secrets are the secrets the sidecar may sign triggers with
+	// (its LEADERCRON_TRIGGER_SECRET): usually one, two during a rotation
+	// (the new and the old). Each must be at least MinSecretLen bytes.
+	// With Secrets, every request must be signed with one of them, from
+	// any peer. Without, requests are not authenticated and only loopback
+	// peers are served. SecretsFromEnv reads them from the environment.
+	Secrets [][]byte
+	// Now is the clock against which the time of a signature is checked.
+	// Nil means time.Now. It is meant for tests; run deadlines always use
+	// the real clock.
+	Now func() time.Time
 }
 
-// Handler serves POST /jobs/{name} and POST /drain. Create it with
-// NewHandler; it is safe for concurrent use.
+// Handler serves POST /jobs/{name} and POST /drain. Create it with New
+// (or NewHandler); it is safe for concurrent use.
 type Handler struct {
 	log   *slog.Logger
 	async bool
 	mux   *http.ServeMux
+	keys  []key            // nil: loopback peers only, unauthenticated
+	now   func() time.Time // for signature freshness
 
 	mu          sync.Mutex
 	funcs       map[string]Func
@@ -93,8 +117,18 @@ type Handler struct {
 	idle        chan struct{} // closed when running drops to 0; nil while 0
 }
 
-// NewHandler returns a Handler with no jobs registered.
-func NewHandler(opts Options) *Handler {
+// New returns a Handler with no jobs registered, or an error if opts is
+// invalid: a secret shorter than MinSecretLen. The error does not contain
+// the secret.
+//
+// It logs once how triggers are authenticated: with the key ids of the
+// Secrets, or, without Secrets, that triggers are unauthenticated and
+// limited to loopback peers.
+func New(opts Options) (*Handler, error) {
+	keys, err := newKeys(opts.Secrets)
+	if err != nil {
+		return nil, err
+	}
 	logger := opts.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -106,10 +140,16 @@ func NewHandler(opts Options) *Handler {
 	if keep < 0 {
 		keep = 0
 	}
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
 	h := &Handler{
 		log:         logger,
 		async:       opts.Async,
 		mux:         http.NewServeMux(),
+		keys:        keys,
+		now:         now,
 		funcs:       make(map[string]Func),
 		active:      make(map[string]struct{}),
 		runningKeys: make(map[string]struct{}),
@@ -118,6 +158,25 @@ func NewHandler(opts Options) *Handler {
 	}
 	h.mux.HandleFunc("POST /jobs/{name}", h.serveJob)
 	h.mux.HandleFunc("POST /drain", h.serveDrain)
+	if len(keys) == 0 {
+		logger.Warn("triggers are unauthenticated: only requests from loopback peers are served (configure a secret to accept signed triggers from anywhere)")
+	} else {
+		ids := make([]string, len(keys))
+		for i, k := range keys {
+			ids[i] = k.id
+		}
+		logger.Info("triggers must be signed", "key_ids", ids)
+	}
+	return h, nil
+}
+
+// NewHandler is like New but panics if opts is invalid. Use New when the
+// Secrets come from configuration.
+func NewHandler(opts Options) *Handler {
+	h, err := New(opts)
+	if err != nil {
+		panic(err)
+	}
 	return h
 }
 
@@ -140,7 +199,8 @@ func (h *Handler) Register(name string, fn Func) {
 }
 
 // ServeHTTP routes POST /jobs/{name} and POST /drain. Other paths get 404,
-// other methods 405.
+// other methods 405. Both endpoints authenticate the request (see the
+// package documentation) before anything else.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mux.ServeHTTP(w, r)
 }
@@ -189,12 +249,52 @@ func (h *Handler) Wait(ctx context.Context) error {
 	}
 }
 
+// authorize checks that r may be served, before anything else is done with
+// it, and returns its body. It changes no state. If it returns false, it
+// has answered r.
+func (h *Handler) authorize(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	deny := func(status int, code, msg string) ([]byte, bool) {
+		h.log.Warn("request refused", "path", r.URL.Path, "peer", r.RemoteAddr, "status", status, "code", code, "reason", msg)
+		writeJSON(w, status, errorBody{Error: msg, Code: code})
+		return nil, false
+	}
+	if len(h.keys) == 0 && !loopbackPeer(r.RemoteAddr) {
+		return deny(http.StatusForbidden, CodeNotLoopback,
+			"no secret is configured: triggers are only accepted from loopback peers")
+	}
+	var body []byte
+	if r.Body != nil {
+		var err error
+		body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+		if err != nil {
+			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+				return deny(http.StatusRequestEntityTooLarge, CodeBodyTooLarge,
+					fmt.Sprintf("body larger than %d bytes", MaxBodyBytes))
+			}
+			return deny(http.StatusBadRequest, CodeBadRequest, "reading the body: "+err.Error())
+		}
+	}
+	if len(h.keys) > 0 {
+		if status, code, msg := h.verify(r, body); status != 0 {
+			return deny(status, code, msg)
+		}
+	}
+	return body, true
+}
+
 func (h *Handler) serveDrain(w http.ResponseWriter, r *http.Request) {
+	if _, ok := h.authorize(w, r); !ok {
+		return
+	}
 	h.Drain()
 	writeJSON(w, http.StatusOK, map[string]int{"running": h.Running()})
 }
 
 func (h *Handler) serveJob(w http.ResponseWriter, r *http.Request) {
+	body, ok := h.authorize(w, r)
+	if !ok {
+		return
+	}
 	name := r.PathValue("name")
 
 	h.mu.Lock()
@@ -210,7 +310,7 @@ func (h *Handler) serveJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	run, err := parseRun(w, r, name)
+	run, err := parseRun(body, r.Header, name)
 	if err != nil {
 		h.refuse(w, http.StatusBadRequest, CodeBadRequest, name, err.Error())
 		return
@@ -376,37 +476,116 @@ type okBody struct {
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
 }
 
-// requestBody is the wire form of a trigger. Pointers tell "absent" from
-// zero values.
-type requestBody struct {
-	Job            *string `json:"job"`
-	Slot           *string `json:"slot"`
-	FencingToken   *uint64 `json:"fencing_token"`
-	Deadline       *string `json:"deadline"`
-	IdempotencyKey *string `json:"idempotency_key"`
-	Attempt        *int    `json:"attempt"`
-}
+// bodyFields are the fields of the JSON body that are read; others are
+// ignored.
+var bodyFields = [...]string{"job", "slot", "fencing_token", "deadline", "idempotency_key", "attempt"}
 
-// parseRun decodes and cross-checks the body and headers of a trigger.
-func parseRun(w http.ResponseWriter, r *http.Request, name string) (Run, error) {
-	var b requestBody
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
-	if err := dec.Decode(&b); err != nil {
-		if errors.Is(err, io.EOF) {
-			return Run{}, errors.New("missing JSON body")
+// decodeBody decodes a JSON object and returns the raw values of the
+// fields in bodyFields. Names are matched exactly; a name given twice, or
+// anything after the object, makes the body invalid. A null value counts
+// as absent.
+func decodeBody(body []byte) (map[string]json.RawMessage, error) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	tok, err := dec.Token()
+	if errors.Is(err, io.EOF) {
+		return nil, errors.New("missing JSON body")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("invalid JSON body: %v", err)
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return nil, errors.New("invalid JSON body: not an object")
+	}
+	fields := make(map[string]json.RawMessage)
+	seen := make(map[string]struct{})
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, fmt.Errorf("invalid JSON body: %v", err)
 		}
-		return Run{}, fmt.Errorf("invalid JSON body: %v", err)
+		name, ok := tok.(string)
+		if !ok {
+			return nil, errors.New("invalid JSON body: bad field name")
+		}
+		if _, dup := seen[name]; dup {
+			return nil, fmt.Errorf("invalid JSON body: field %q given twice", name)
+		}
+		seen[name] = struct{}{}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, fmt.Errorf("invalid JSON body: %v", err)
+		}
+		if slices.Contains(bodyFields[:], name) && string(v) != "null" {
+			fields[name] = v
+		}
+	}
+	if _, err := dec.Token(); err != nil { // the closing brace
+		return nil, fmt.Errorf("invalid JSON body: %v", err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Run{}, errors.New("invalid JSON body: data after the object")
+		return nil, errors.New("invalid JSON body: data after the object")
+	}
+	return fields, nil
+}
+
+// bodyField decodes the field name of fields into a *T, as its string
+// form for pick; nil if absent.
+func bodyField[T any](fields map[string]json.RawMessage, name string, format func(T) string) (*string, error) {
+	raw, ok := fields[name]
+	if !ok {
+		return nil, nil
+	}
+	var v T
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return nil, fmt.Errorf("bad %s %s in body: %v", name, raw, err)
+	}
+	s := format(v)
+	return &s, nil
+}
+
+func identity(s string) (string, error) { return s, nil }
+
+// parseRun decodes and cross-checks the body and headers of a trigger for
+// job name.
+func parseRun(body []byte, hdr http.Header, name string) (Run, error) {
+	fields, err := decodeBody(body)
+	if err != nil {
+		return Run{}, err
+	}
+	str := func(s string) string { return s }
+	bodyJob, err := bodyField(fields, "job", str)
+	if err != nil {
+		return Run{}, err
+	}
+	bodySlot, err := bodyField(fields, "slot", str)
+	if err != nil {
+		return Run{}, err
+	}
+	bodyToken, err := bodyField(fields, "fencing_token", func(v uint64) string { return strconv.FormatUint(v, 10) })
+	if err != nil {
+		return Run{}, err
+	}
+	bodyDeadline, err := bodyField(fields, "deadline", str)
+	if err != nil {
+		return Run{}, err
+	}
+	bodyKey, err := bodyField(fields, "idempotency_key", str)
+	if err != nil {
+		return Run{}, err
+	}
+	bodyAttempt, err := bodyField(fields, "attempt", func(v int64) string { return strconv.FormatInt(v, 10) })
+	if err != nil {
+		return Run{}, err
 	}
 
 	run := Run{Job: name}
 
-	job, err := pick("job", b.Job, r.Header, HeaderJob, func(s string) (string, error) { return s, nil })
+	job, err := pick("job", bodyJob, hdr, HeaderJob, identity)
 	if err != nil {
 		return Run{}, err
 	}
@@ -414,7 +593,7 @@ func parseRun(w http.ResponseWriter, r *http.Request, name string) (Run, error) 
 		return Run{}, fmt.Errorf("job %q does not match the path's job %q", *job, name)
 	}
 
-	slot, err := pick("slot", b.Slot, r.Header, HeaderSlot, parseTime)
+	slot, err := pick("slot", bodySlot, hdr, HeaderSlot, parseTime)
 	if err != nil {
 		return Run{}, err
 	}
@@ -423,12 +602,7 @@ func parseRun(w http.ResponseWriter, r *http.Request, name string) (Run, error) 
 	}
 	run.Slot = slot.time()
 
-	var bodyToken *string
-	if b.FencingToken != nil {
-		s := strconv.FormatUint(*b.FencingToken, 10)
-		bodyToken = &s
-	}
-	token, err := pick("fencing_token", bodyToken, r.Header, HeaderFencingToken, func(s string) (uint64, error) {
+	token, err := pick("fencing_token", bodyToken, hdr, HeaderFencingToken, func(s string) (uint64, error) {
 		return strconv.ParseUint(s, 10, 64)
 	})
 	if err != nil {
@@ -439,7 +613,7 @@ func parseRun(w http.ResponseWriter, r *http.Request, name string) (Run, error) 
 	}
 	run.FencingToken = *token
 
-	deadline, err := pick("deadline", b.Deadline, r.Header, HeaderDeadline, parseTime)
+	deadline, err := pick("deadline", bodyDeadline, hdr, HeaderDeadline, parseTime)
 	if err != nil {
 		return Run{}, err
 	}
@@ -448,7 +622,7 @@ func parseRun(w http.ResponseWriter, r *http.Request, name string) (Run, error) 
 	}
 	run.Deadline = deadline.time()
 
-	key, err := pick("idempotency_key", b.IdempotencyKey, r.Header, HeaderIdempotencyKey, func(s string) (string, error) { return s, nil })
+	key, err := pick("idempotency_key", bodyKey, hdr, HeaderIdempotencyKey, identity)
 	if err != nil {
 		return Run{}, err
 	}
@@ -458,14 +632,27 @@ func parseRun(w http.ResponseWriter, r *http.Request, name string) (Run, error) 
 		run.IdempotencyKey = name + "@" + run.Slot.Format(time.RFC3339Nano)
 	}
 
+	attempt, err := pick("attempt", bodyAttempt, hdr, HeaderAttempt, parseAttempt)
+	if err != nil {
+		return Run{}, err
+	}
 	run.Attempt = 1
-	if b.Attempt != nil {
-		if *b.Attempt < 1 {
-			return Run{}, fmt.Errorf("attempt %d is not positive", *b.Attempt)
-		}
-		run.Attempt = *b.Attempt
+	if attempt != nil {
+		run.Attempt = *attempt
 	}
 	return run, nil
+}
+
+// parseAttempt parses a positive decimal attempt number.
+func parseAttempt(s string) (int, error) {
+	n, err := strconv.ParseUint(s, 10, 31)
+	if err != nil {
+		return 0, errors.New("not a decimal number")
+	}
+	if n < 1 {
+		return 0, errors.New("not positive")
+	}
+	return int(n), nil
 }
 
 // pick parses a field from the body and/or its header. Both, when present,

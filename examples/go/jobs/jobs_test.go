@@ -52,20 +52,27 @@ func request(run jobs.Run) *http.Request {
 	return rawRequest(run, bodyOf(run))
 }
 
-// rawRequest sends body with the headers of run.
+// loopback is the peer address of requests from the local sidecar.
+const loopback = "127.0.0.1:40000"
+
+// rawRequest sends body with the headers of run, from a loopback peer.
 func rawRequest(run jobs.Run, body string) *http.Request {
 	r := httptest.NewRequest(http.MethodPost, "/jobs/"+run.Job, strings.NewReader(body))
+	r.RemoteAddr = loopback
 	r.Header.Set("Content-Type", "application/json")
 	r.Header.Set(jobs.HeaderJob, run.Job)
 	r.Header.Set(jobs.HeaderSlot, run.Slot.Format(time.RFC3339Nano))
 	r.Header.Set(jobs.HeaderFencingToken, strconv.FormatUint(run.FencingToken, 10))
 	r.Header.Set(jobs.HeaderDeadline, run.Deadline.Format(time.RFC3339Nano))
 	r.Header.Set(jobs.HeaderIdempotencyKey, run.IdempotencyKey)
+	r.Header.Set(jobs.HeaderAttempt, strconv.Itoa(run.Attempt))
 	return r
 }
 
 func drainRequest() *http.Request {
-	return httptest.NewRequest(http.MethodPost, "/drain", nil)
+	r := httptest.NewRequest(http.MethodPost, "/drain", nil)
+	r.RemoteAddr = loopback
+	return r
 }
 
 func serve(h http.Handler, r *http.Request) *httptest.ResponseRecorder {
@@ -175,6 +182,8 @@ func TestSingleRequest(t *testing.T) {
 	}
 	past := good
 	past.Deadline = time.Now().Add(-time.Second).UTC()
+	third := good
+	third.Attempt = 3
 
 	tests := []struct {
 		name   string
@@ -194,8 +203,11 @@ func TestSingleRequest(t *testing.T) {
 			req: func() *http.Request { return request(good) }, status: 500, code: jobs.CodeJobFailed},
 		{name: "unknown job", fn: ok, req: func() *http.Request { return request(newRun("nope", 0, 7)) },
 			status: 404, code: jobs.CodeUnknownJob},
-		{name: "wrong method", fn: ok, req: func() *http.Request { return httptest.NewRequest(http.MethodGet, "/jobs/hello", nil) },
-			status: 405},
+		{name: "wrong method", fn: ok, req: func() *http.Request {
+			r := httptest.NewRequest(http.MethodGet, "/jobs/hello", nil)
+			r.RemoteAddr = loopback
+			return r
+		}, status: 405},
 		{name: "draining", fn: ok, drain: true, req: func() *http.Request { return request(good) },
 			status: 503, code: jobs.CodeDraining},
 		{name: "deadline passed", fn: ok, req: func() *http.Request { return request(past) },
@@ -214,7 +226,18 @@ func TestSingleRequest(t *testing.T) {
 			status: 400, code: jobs.CodeBadRequest},
 		{name: "token as string", fn: ok, req: bodyWith(func(m map[string]any) { m["fencing_token"] = "7" }),
 			status: 400, code: jobs.CodeBadRequest},
-		{name: "attempt zero", fn: ok, req: bodyWith(func(m map[string]any) { m["attempt"] = 0 }),
+		{name: "attempt zero", fn: ok, req: func() *http.Request {
+			r := bodyWith(func(m map[string]any) { m["attempt"] = 0 })()
+			r.Header.Del(jobs.HeaderAttempt)
+			return r
+		}, status: 400, code: jobs.CodeBadRequest},
+		{name: "attempt header zero", fn: ok, req: func() *http.Request {
+			r := bodyWith(func(m map[string]any) { delete(m, "attempt") })()
+			r.Header.Set(jobs.HeaderAttempt, "0")
+			return r
+		}, status: 400, code: jobs.CodeBadRequest},
+		{name: "body null", fn: ok, req: withBody("null"), status: 400, code: jobs.CodeBadRequest},
+		{name: "field given twice", fn: ok, req: withBody(`{"fencing_token":7,"fencing_token":7}`),
 			status: 400, code: jobs.CodeBadRequest},
 		{name: "body job differs from path", fn: ok, req: bodyWith(func(m map[string]any) { m["job"] = "other" }),
 			status: 400, code: jobs.CodeBadRequest},
@@ -249,6 +272,10 @@ func TestSingleRequest(t *testing.T) {
 		}), status: 400, code: jobs.CodeBadRequest},
 		{name: "key header differs", fn: ok, req: mutate(func(r *http.Request) { r.Header.Set(jobs.HeaderIdempotencyKey, "x") }),
 			status: 400, code: jobs.CodeBadRequest},
+		{name: "attempt header differs", fn: ok, req: mutate(func(r *http.Request) { r.Header.Set(jobs.HeaderAttempt, "2") }),
+			status: 400, code: jobs.CodeBadRequest},
+		{name: "attempt header not decimal", fn: ok, req: mutate(func(r *http.Request) { r.Header.Set(jobs.HeaderAttempt, "+1") }),
+			status: 400, code: jobs.CodeBadRequest},
 		{name: "header given twice", fn: ok, req: mutate(func(r *http.Request) { r.Header.Add(jobs.HeaderFencingToken, "7") }),
 			status: 400, code: jobs.CodeBadRequest},
 
@@ -257,7 +284,18 @@ func TestSingleRequest(t *testing.T) {
 			r.Header.Set(jobs.HeaderSlot, good.Slot.In(time.FixedZone("", 2*3600)).Format(time.RFC3339))
 		}), status: 200, want: &good},
 		{name: "no headers", fn: ok, req: func() *http.Request {
-			return httptest.NewRequest(http.MethodPost, "/jobs/hello", strings.NewReader(bodyOf(good)))
+			r := httptest.NewRequest(http.MethodPost, "/jobs/hello", strings.NewReader(bodyOf(good)))
+			r.RemoteAddr = loopback
+			return r
+		}, status: 200, want: &good},
+		{name: "attempt from header", fn: ok, req: func() *http.Request {
+			r := bodyWith(func(m map[string]any) { delete(m, "attempt") })()
+			r.Header.Set(jobs.HeaderAttempt, "3")
+			return r
+		}, status: 200, want: &third},
+		{name: "field names are exact", fn: ok, req: func() *http.Request {
+			// Only the header's token counts; FENCING_TOKEN is an unknown field.
+			return rawRequest(good, `{"FENCING_TOKEN": 99}`)
 		}, status: 200, want: &good},
 		{name: "fields from headers only", fn: ok, req: withBody("{}"), status: 200, want: &good},
 		{name: "defaults for key and attempt", fn: ok, req: func() *http.Request {

@@ -1,13 +1,19 @@
 // End to end: the NestJS app with LeadercronModule next to the real sidecar
 // binary in standalone mode (LEADERCRON_LOCK=none). The binary comes from
 // $LEADERCRON_BIN (scripts/test-examples.sh builds it). Without it the test
-// is skipped locally and fails under CI=true.
+// is skipped locally and fails under CI=true. Both share one secret, from
+// one file (LEADERCRON_TRIGGER_SECRET_FILE): the sidecar signs every
+// request, the app's trigger listener (not its public port) verifies them.
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { LeadercronRun } from '../src/leadercron/index.js';
+import { keyId, loadTriggerSecrets, type LeadercronRun } from '../src/leadercron/index.js';
 import { nextEvent, startApp, type Recorded, type TestApp } from './helpers.js';
 
 const bin = process.env.LEADERCRON_BIN;
@@ -51,9 +57,15 @@ describe('NestJS app next to the sidecar (standalone)', { skip: bin ? false : 'L
   let sidecarLog = '';
   let admin = '';
   const sidecarId = 'nestjs-e2e-1';
+  const secret = randomBytes(32).toString('hex');
+  let secretDir = '';
+  let secretFile = '';
 
   before(async () => {
-    t = await startApp();
+    secretDir = mkdtempSync(join(tmpdir(), 'leadercron-e2e-'));
+    secretFile = join(secretDir, 'trigger-secret');
+    writeFileSync(secretFile, `${secret}\n`, { mode: 0o600 }); // one trailing newline, trimmed by both
+    t = await startApp({ secrets: loadTriggerSecrets({ LEADERCRON_TRIGGER_SECRET_FILE: secretFile }) });
     t.jobs.slowMs = 3_000;
     admin = `127.0.0.1:${await freePort()}`;
     sidecar = spawn(bin!, [], {
@@ -63,7 +75,8 @@ describe('NestJS app next to the sidecar (standalone)', { skip: bin ? false : 'L
         LEADERCRON_LOCK: 'none',
         LEADERCRON_SERVICE: 'nestjs-e2e',
         LEADERCRON_ID: sidecarId,
-        LEADERCRON_APP_URL: t.url,
+        LEADERCRON_APP_URL: t.url, // the private trigger listener
+        LEADERCRON_TRIGGER_SECRET_FILE: secretFile,
         LEADERCRON_LISTEN: admin,
         LEADERCRON_LOG_FORMAT: 'json',
         LEADERCRON_DRAIN_INTERVAL: '200ms',
@@ -83,6 +96,9 @@ describe('NestJS app next to the sidecar (standalone)', { skip: bin ? false : 'L
       await once(sidecar, 'exit');
     }
     await t?.close();
+    if (secretDir) {
+      rmSync(secretDir, { recursive: true, force: true });
+    }
   });
 
   it('triggers jobs with the contract headers, then drains a running job before exiting 0', async (ctx) => {
@@ -97,6 +113,12 @@ describe('NestJS app next to the sidecar (standalone)', { skip: bin ? false : 'L
       assert.equal(status.leader, true);
       assert.equal(status.id, sidecarId);
       assert.deepEqual(status.jobs.map((j) => j.name).sort(), ['slow', 'tick']);
+
+      // The first trigger passed the signature check (a sidecar that does
+      // not sign gets 401 for every request: fail now, not at the timeout).
+      const first = await poll('the first trigger', 10_000, async () => t.requests.find((r) => r.path.startsWith('/jobs/')));
+      assert.notEqual(first.status, 401,
+        `the app refused the sidecar's trigger: ${JSON.stringify(first.answer)}; does this sidecar sign with LEADERCRON_TRIGGER_SECRET_FILE?`);
 
       // Two ticks, then a slow (background) run that has just started.
       await nextEvent(t.jobs.events, 'end', 'tick');
@@ -120,6 +142,7 @@ describe('NestJS app next to the sidecar (standalone)', { skip: bin ? false : 'L
       const triggers = t.requests.filter((r) => r.path.startsWith('/jobs/'));
       assert.ok(triggers.length >= 3, `at least 3 triggers, got ${triggers.length}`);
       const tokens = new Set<string>();
+      const kid = keyId(secret);
       for (const r of triggers) {
         const job = r.path.slice('/jobs/'.length);
         const h = r.headers as Record<string, string>;
@@ -129,6 +152,8 @@ describe('NestJS app next to the sidecar (standalone)', { skip: bin ? false : 'L
         assert.match(h['leadercron-fencing-token'], /^\d+$/);
         assert.ok(Date.parse(h['leadercron-deadline']) > Date.parse(h['leadercron-slot']), 'deadline after the slot');
         assert.equal(h['leadercron-id'], sidecarId);
+        assert.equal(h['leadercron-attempt'], '1');
+        assert.match(h['leadercron-signature'], new RegExp(`^t=\\d+,kid=${kid},v1=[0-9a-f]{64}$`));
         assert.match(h['content-type'], /^application\/json/);
         assert.deepEqual(r.body, {
           job,
@@ -158,6 +183,7 @@ describe('NestJS app next to the sidecar (standalone)', { skip: bin ? false : 'L
       const drains = t.requests.filter((r: Recorded) => r.path === '/drain');
       assert.ok(drains.length >= 2, `at least 2 drain polls, got ${drains.length}`);
       assert.ok(drains.every((d) => d.status === 200));
+      assert.ok(drains.every((d) => new RegExp(`^t=\\d+,kid=${kid},v1=`).test(String(d.headers['leadercron-signature']))), 'the drains are signed');
       assert.ok((drains[0]!.answer as { running: number }).running > 0, `first drain reported ${JSON.stringify(drains[0]!.answer)}`);
       const last = drains[drains.length - 1]!;
       assert.deepEqual(last.answer, { running: 0 });

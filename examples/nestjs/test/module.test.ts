@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { BadTriggerError, parseTrigger } from '../src/leadercron/index.js';
-import { Gate, nextEvent, post, startApp, trigger, type TestApp } from './helpers.js';
+import { Gate, nextEvent, post, send, startApp, trigger, type TestApp } from './helpers.js';
 
 const second = (offset: number) => new Date((Math.floor(Date.now() / 1000) + offset) * 1000);
 
@@ -78,6 +78,28 @@ describe('LeadercronModule answers', () => {
     assert.equal((await post(t.url, 'ok', noSlot)).status, 400);
   });
 
+  it('answers 400 to a body that is not JSON, and to an attempt header that disagrees with the body', async () => {
+    const tr = trigger('ok', { slot: second(-58), token: 20n });
+    const notJSON = await send(t.url, '/jobs/ok', { headers: tr.headers, body: '{"job": "ok",' });
+    assert.equal(notJSON.status, 400);
+    assert.equal(notJSON.json.code, 'bad_request');
+    assert.match(notJSON.json.error, /invalid JSON body/);
+    tr.headers['leadercron-attempt'] = '2';
+    const attempt = await post(t.url, 'ok', tr);
+    assert.equal(attempt.status, 400);
+    assert.match(attempt.json.error, /leadercron-attempt/);
+  });
+
+  it('answers 404 to other paths and 405 to other methods on the trigger listener', async () => {
+    assert.equal((await send(t.url, '/jobs', trigger('ok'))).status, 404);
+    assert.equal((await send(t.url, '/jobs/ok/more', trigger('ok'))).status, 404);
+    assert.equal((await send(t.url, '/healthz', trigger('ok'))).status, 404);
+    const get = await fetch(`${t.url}/drain`);
+    assert.equal(get.status, 405);
+    assert.equal(get.headers.get('allow'), 'POST');
+    assert.equal(t.registry.isDraining, false);
+  });
+
   it('answers 409 already_running while the same job runs, and counts it in flight', async () => {
     t.jobs.gate = new Gate();
     const started = nextEvent(t.jobs.events, 'start', 'block');
@@ -125,6 +147,40 @@ describe('LeadercronModule answers', () => {
     t.jobs.gate.release();
     await ended;
     assert.equal(t.registry.running, 0);
+  });
+});
+
+describe('the trigger listener', () => {
+  it('is not the public port: the app\'s own port does not answer the contract', async () => {
+    const t = await startApp();
+    try {
+      assert.notEqual(t.url, t.publicUrl);
+      for (const [path, req] of [['/jobs/ok', trigger('ok', { token: 99n })], ['/drain', { headers: {}, body: '' }]] as const) {
+        const res = await fetch(`${t.publicUrl}${path}`, { method: 'POST', headers: req.headers, body: typeof req.body === 'string' ? req.body : JSON.stringify(req.body) });
+        assert.equal(res.status, 404, `public POST ${path}`);
+      }
+      assert.equal(t.jobs.runs.length, 0);
+      assert.equal(t.registry.isDraining, false);
+      assert.equal(t.registry.highestFencingToken, 0n);
+      assert.equal((await post(t.url, 'ok', trigger('ok'))).status, 200, 'the listener does');
+    } finally {
+      await t.close();
+    }
+  });
+
+  it('answers POST /drain during shutdown until the runs finish, then closes', async () => {
+    const t = await startApp();
+    t.jobs.gate = new Gate();
+    const ended = nextEvent(t.jobs.events, 'end', 'bg');
+    assert.equal((await post(t.url, 'bg', trigger('bg'))).status, 202);
+    const closing = t.close();
+    await new Promise((r) => setTimeout(r, 50));
+    const during = await fetch(`${t.url}/drain`, { method: 'POST' });
+    assert.deepEqual(await during.json(), { running: 1 }, 'the sidecar\'s drain polls are answered while the run is in flight');
+    t.jobs.gate.release();
+    await ended;
+    await closing;
+    await assert.rejects(fetch(`${t.url}/drain`, { method: 'POST' }), 'closed after shutdown: the sidecar sees the connection refused (drained)');
   });
 });
 

@@ -13,6 +13,9 @@ export class HealthController {
 }
 
 @Module({
+  // The trigger listener on LEADERCRON_APP_LISTEN (default 127.0.0.1:8081),
+  // secrets from LEADERCRON_TRIGGER_SECRET(_FILE) and
+  // LEADERCRON_TRIGGER_SECRET_PREVIOUS(_FILE): the defaults, spelled out.
   imports: [LeadercronModule.forRoot({ shutdownTimeoutMs: 30_000 })],
   controllers: [HealthController],
   providers: [ReportsService],

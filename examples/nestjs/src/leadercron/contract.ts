@@ -2,14 +2,21 @@
 // and the parsing of one trigger into a LeadercronRun. Framework-free, so it
 // can be tested without Nest.
 
-/** Header names sent by the leadercron sidecar; each mirrors a body field. */
+/**
+ * Header names sent by the leadercron sidecar (lowercase, as Node.js gives
+ * them). The first six mirror a body field; runNow and sidecarId are signed
+ * but not interpreted; signature authenticates the request.
+ */
 export const Headers = {
   job: 'leadercron-job',
   slot: 'leadercron-slot',
   fencingToken: 'leadercron-fencing-token',
   deadline: 'leadercron-deadline',
   idempotencyKey: 'idempotency-key',
+  attempt: 'leadercron-attempt',
+  runNow: 'leadercron-run-now',
   sidecarId: 'leadercron-id',
+  signature: 'leadercron-signature',
 } as const;
 
 /** Codes found in the `code` field of refusal bodies (same as examples/go/jobs). */
@@ -22,6 +29,20 @@ export const Codes = {
   duplicate: 'duplicate',
   alreadyRunning: 'already_running',
   jobFailed: 'job_failed',
+  /** 401: missing or malformed signature, unknown key id, or a signature that does not match. */
+  badSignature: 'bad_signature',
+  /** 401: a valid signature whose time is more than 30 s away from the app's clock. */
+  staleSignature: 'stale_signature',
+  /** 403: no secret is configured and the peer is not a loopback address. */
+  notLoopback: 'not_loopback',
+  /** 413: a body larger than 64 KiB. */
+  bodyTooLarge: 'body_too_large',
+  /** 404: a path other than /jobs/{name} and /drain on the trigger listener. */
+  notFound: 'not_found',
+  /** 405: a method other than POST. */
+  methodNotAllowed: 'method_not_allowed',
+  /** 500: the module itself failed (not the job). */
+  internalError: 'internal_error',
 } as const;
 
 export type Code = (typeof Codes)[keyof typeof Codes];
@@ -82,6 +103,13 @@ function parseToken(s: string): bigint {
 
 function parseString(s: string): string {
   return s;
+}
+
+function parseAttempt(s: string): number {
+  if (!/^[1-9]\d{0,14}$/.test(s)) {
+    throw new Error('not a positive integer');
+  }
+  return Number(s);
 }
 
 /** RFC 3339 in UTC, without fractional seconds when they are zero (as Go prints it). */
@@ -177,13 +205,14 @@ export function parseTrigger(name: string, headers: HeaderBag, body: unknown): T
   }
   const key = pick('idempotency_key', b.idempotency_key, headers, Headers.idempotencyKey, parseString);
 
-  let attempt = 1;
+  let bodyAttempt: string | undefined;
   if (b.attempt !== undefined && b.attempt !== null) {
-    if (typeof b.attempt !== 'number' || !Number.isInteger(b.attempt) || b.attempt < 1) {
-      throw new BadTriggerError(`attempt ${JSON.stringify(b.attempt)} is not a positive integer`);
+    if (typeof b.attempt !== 'number' || !Number.isSafeInteger(b.attempt) || b.attempt < 1) {
+      throw new BadTriggerError(`attempt ${JSON.stringify(b.attempt)} in body is not a positive integer`);
     }
-    attempt = b.attempt;
+    bodyAttempt = String(b.attempt);
   }
+  const attempt = pick('attempt', bodyAttempt, headers, Headers.attempt, parseAttempt) ?? 1;
   const sidecarId = headers[Headers.sidecarId];
   const slotDate = new Date(slot);
   return {

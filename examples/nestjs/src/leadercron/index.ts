@@ -7,6 +7,26 @@
  *   POST /jobs/:name   run job `name` once (the method marked @LeadercronJob(name))
  *   POST /drain        stop accepting runs; answers 200 {"running": N}
  *
+ * Both are served on a listener of the module's own, not on the app's port:
+ * by default 127.0.0.1:8081 (option `listen`, env LEADERCRON_APP_LISTEN),
+ * which the sidecar reaches because it shares the app's network namespace.
+ *
+ * Authentication, before anything else, on both endpoints:
+ *   - with secrets (option `secrets`, or LEADERCRON_TRIGGER_SECRET[_FILE]
+ *     and LEADERCRON_TRIGGER_SECRET_PREVIOUS[_FILE]): every request must
+ *     carry a valid Leadercron-Signature (HMAC-SHA256, see signature.ts),
+ *     whatever the peer;
+ *   - without: only loopback peers are served, others get 403 not_loopback.
+ *
+ *   403 not_loopback         no secret, and the peer is not a loopback address
+ *   404 not_found, 405 method_not_allowed   not POST /jobs/{name} or POST /drain
+ *   413 body_too_large       body larger than 64 KiB
+ *   401 bad_signature        missing/malformed signature, unknown key id, mismatch
+ *   401 stale_signature      signature time more than 30 s from the app's clock
+ *
+ * A refused request changes no state (highest fencing token seen, draining,
+ * idempotency memory).
+ *
  * Answers to POST /jobs/:name, in the order they are checked (refusals carry
  * {"error": "...", "code": "..."}):
  *
@@ -30,7 +50,11 @@
  *     sidecar hangs up.
  *   - After drain no new run starts; runs already admitted continue. With
  *     app.enableShutdownHooks(), SIGTERM drains and waits for them
- *     (shutdownTimeoutMs) before the HTTP server closes.
+ *     (shutdownTimeoutMs), answering POST /drain meanwhile, before the
+ *     trigger listener and the app's HTTP server close.
+ *   - A request refused by the authentication (403, 413, 401) changes no
+ *     state: it is refused before its body is parsed or any bookkeeping is
+ *     read or written.
  *
  * Not guaranteed:
  *   - Deduplication and fencing state live in process memory: not durable,
@@ -42,11 +66,37 @@
  *   - In async mode the sidecar learns only that the run was accepted.
  *   - A method that ignores its signal runs past the deadline, and counts as
  *     in flight until it settles.
- *   - A body that is not valid JSON is refused by Nest's body parser (400)
- *     before it reaches the module.
+ *   - Signatures prove that the request comes from a holder of the secret
+ *     within the last 30 s; a captured request can be replayed within that
+ *     window (the idempotency key and the fence still apply to it).
+ *   - Without secrets, anything that can connect from a loopback address
+ *     (another process on the host or in the pod/task) can trigger.
  */
 export { Codes, Headers, type LeadercronRun, BadTriggerError, parseTrigger, formatTime } from './contract.js';
+export { isLoopback, loadTriggerSecrets, resolveTriggerKeys, SecretEnv } from './auth.js';
+export {
+  keyId,
+  MAX_BODY_BYTES,
+  MIN_SECRET_BYTES,
+  SIGNATURE_TOLERANCE_SECONDS,
+  SIGNED_HEADERS,
+  signingString,
+  signTrigger,
+  TriggerKey,
+  verifyTrigger,
+  type SignedRequest,
+  type Verification,
+} from './signature.js';
+export {
+  createLeadercronHandler,
+  createLeadercronServer,
+  LeadercronListener,
+  parseListenAddress,
+  wirePath,
+  type LeadercronHandler,
+  type LeadercronHandlerOptions,
+} from './server.js';
 export { LeadercronJob } from './job.decorator.js';
 export { LeadercronJobs, type LeadercronJobFn, type LeadercronJobOptions, type LeadercronAnswer } from './leadercron.jobs.js';
 export { LeadercronModule } from './leadercron.module.js';
-export { LEADERCRON_OPTIONS, type LeadercronModuleOptions } from './options.js';
+export { DEFAULT_LISTEN, LEADERCRON_KEYS, LEADERCRON_OPTIONS, LISTEN_ENV, type LeadercronModuleOptions } from './options.js';

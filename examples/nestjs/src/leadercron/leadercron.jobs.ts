@@ -135,7 +135,10 @@ export class LeadercronJobs implements BeforeApplicationShutdown {
   }
 
   /**
-   * Answers one POST /jobs/{name}. hangup, if given, aborts when the caller
+   * Answers one POST /jobs/{name}, already authenticated (the listener
+   * verifies the signature or the peer first). body is the raw body bytes
+   * (a Uint8Array: empty means no body, else it must be JSON) or an
+   * already decoded JSON value. hangup, if given, aborts when the caller
    * goes away; it aborts the run's signal in synchronous mode only.
    */
   async handleTrigger(name: string, headers: Record<string, string | string[] | undefined>, body: unknown, hangup?: AbortSignal): Promise<LeadercronAnswer> {
@@ -148,6 +151,9 @@ export class LeadercronJobs implements BeforeApplicationShutdown {
     }
     let trigger: Trigger;
     try {
+      if (body instanceof Uint8Array) {
+        body = decodeJSON(body);
+      }
       trigger = parseTrigger(name, headers, body);
     } catch (err) {
       if (err instanceof BadTriggerError) {
@@ -269,6 +275,18 @@ export class LeadercronJobs implements BeforeApplicationShutdown {
 
 function answer(status: number, code: Code, error: string): LeadercronAnswer {
   return { status, body: { error, code } };
+}
+
+/** The JSON value of a body, undefined for an empty one; throws BadTriggerError. */
+function decodeJSON(bytes: Uint8Array): unknown {
+  if (bytes.length === 0) {
+    return undefined;
+  }
+  try {
+    return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes)) as unknown;
+  } catch (err) {
+    throw new BadTriggerError(`invalid JSON body: ${errorMessage(err)}`);
+  }
 }
 
 function errorMessage(err: unknown): string {

@@ -1,7 +1,17 @@
 import type { LoggerService } from '@nestjs/common';
+import type { TriggerKey } from './signature.js';
 
 /** Injection token of the module's options. */
 export const LEADERCRON_OPTIONS = Symbol('LEADERCRON_OPTIONS');
+
+/** Injection token of the resolved trigger keys (TriggerKey[]; [] = loopback peers only). */
+export const LEADERCRON_KEYS = Symbol('LEADERCRON_KEYS');
+
+/** Where the trigger listener listens when neither `listen` nor LEADERCRON_APP_LISTEN says. */
+export const DEFAULT_LISTEN = '127.0.0.1:8081';
+
+/** The environment variable read when `listen` is not given. */
+export const LISTEN_ENV = 'LEADERCRON_APP_LISTEN';
 
 /** Options of LeadercronModule.forRoot. All are optional. */
 export interface LeadercronModuleOptions {
@@ -23,4 +33,34 @@ export interface LeadercronModuleOptions {
   shutdownTimeoutMs?: number;
   /** Where the module logs; default a Nest Logger with context "Leadercron". */
   logger?: LoggerService;
+  /**
+   * The address ("host:port", "[::1]:8081") of the module's own HTTP
+   * listener, which serves POST /jobs/{name} and POST /drain and nothing
+   * else; the app's own (public) port does not serve them. It is started
+   * when the application starts (app.listen() or app.init()) and closed at
+   * shutdown, after the runs in flight. Default: $LEADERCRON_APP_LISTEN,
+   * else "127.0.0.1:8081": the sidecar shares the app's network namespace
+   * (ECS task, Kubernetes pod) and reaches it there. Without secrets the
+   * host must be a loopback address. `false`: no listener; serve
+   * createLeadercronHandler(...) on a server of your own.
+   */
+  listen?: string | false;
+  /**
+   * The secrets the sidecar may sign triggers with (its
+   * LEADERCRON_TRIGGER_SECRET): usually one, two during a rotation (the new
+   * one first, then the old one). Each at least 32 bytes (a string counts
+   * its UTF-8 bytes). With secrets, every request must carry a valid
+   * Leadercron-Signature, whatever the peer. Without any, requests are not
+   * authenticated and only loopback peers are served.
+   * Default (undefined): read from the environment, see loadTriggerSecrets
+   * (LEADERCRON_TRIGGER_SECRET / _FILE, LEADERCRON_TRIGGER_SECRET_PREVIOUS /
+   * _PREVIOUS_FILE). [] means none, whatever the environment says.
+   */
+  secrets?: ReadonlyArray<string | Uint8Array | TriggerKey>;
+  /**
+   * The clock (ms since the epoch) against which a signature's time is
+   * checked. Default Date.now. Meant for tests; run deadlines always use
+   * the real clock.
+   */
+  now?: () => number;
 }
