@@ -129,7 +129,19 @@ func (w window) allows(s time.Time, label string) bool {
 	return w.contains(s) && slices.Contains(w.reasons, label)
 }
 
-func (w window) contains(s time.Time) bool { return !s.Before(w.from) && !s.After(w.to) }
+func (w window) contains(s time.Time) bool {
+	return !s.Before(w.from.Add(-faultReach)) && !s.After(w.to)
+}
+
+// faultReach is how long before a fault was injected a slot may have
+// fallen due and still be caught by it: a sidecar handles a slot (claim,
+// lease check, send) in the milliseconds after its instant, and under
+// -race on two loaded cores that has been seen to take tens of
+// milliseconds, so a SIGSTOP injected 5 ms after a slot found its claim in
+// flight and the slot was recorded lease_short after SIGCONT. 250 ms, as
+// startTolerance, covers that lag with room and stays far below the
+// jobs' period (1 s), so no earlier, untouched slot is excused by it.
+const faultReach = 250 * time.Millisecond
 
 // checkSpec says what to check over one scenario's history.
 type checkSpec struct {
