@@ -135,7 +135,6 @@ func TestClockSkew(t *testing.T) {
 			Key:         lockKey,
 			JobsPrefix:  "leadercron/faults/jobs/",
 			ID:          id,
-			Value:       []byte(fmt.Sprintf(`{"id":%q}`, id)),
 			SessionName: "faults " + id,
 			TTL:         ttl,
 			LockDelay:   lockDelay,

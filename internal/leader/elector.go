@@ -18,14 +18,11 @@ type Options struct {
 	JobsPrefix string // folder of per-job state, <prefix>/jobs/
 	// RequestsPrefix is the folder of run-now requests, <prefix>/requests/.
 	RequestsPrefix string
-	ID             string // this sidecar's identity, stored in the key and in claims
-	Service        string // the fleet's name, stored in the key
-	// Value, if set, is stored in the lock key instead of the JSON
-	// LockValue (for tests that hold the key with another value).
-	Value       []byte
-	SessionName string        // shown in Consul's session list
-	TTL         time.Duration // session TTL
-	LockDelay   time.Duration // session lock-delay
+	ID             string        // this sidecar's identity, stored in the key and in claims
+	Service        string        // the fleet's name, stored in the key
+	SessionName    string        // shown in Consul's session list
+	TTL            time.Duration // session TTL
+	LockDelay      time.Duration // session lock-delay
 
 	// WaitTime bounds one blocking query; keep it under any load
 	// balancer's idle timeout. Default 30s.
@@ -263,13 +260,9 @@ type LockValue struct {
 // acquire takes the lock key for s in one Txn that also reads the key back,
 // so the fencing token is the index of the acquiring write itself.
 func (e *Elector) acquire(ctx context.Context, s *session) (uint64, error) {
-	value := e.opts.Value
-	if value == nil {
-		v, err := json.Marshal(LockValue{ID: e.opts.ID, Service: e.opts.Service, Since: time.Now().UTC()})
-		if err != nil {
-			return 0, fmt.Errorf("acquire %s: encode value: %w", e.opts.Key, err)
-		}
-		value = v
+	value, err := json.Marshal(LockValue{ID: e.opts.ID, Service: e.opts.Service, Since: time.Now().UTC()})
+	if err != nil {
+		return 0, fmt.Errorf("acquire %s: encode value: %w", e.opts.Key, err)
 	}
 	ops := api.TxnOps{
 		{KV: &api.KVTxnOp{Verb: api.KVLock, Key: e.opts.Key, Value: value, Session: s.id}},
@@ -286,7 +279,7 @@ func (e *Elector) acquire(ctx context.Context, s *session) (uint64, error) {
 			if containsAny(te.What, "lock delay", "lock-delay") {
 				return 0, errLockDelay
 			}
-			if containsAny(te.What, "ermission denied", "lacks permission") {
+			if denied(te.What) {
 				// Not a race lost: the token cannot write the key.
 				// Reported as a Consul error, at warn level.
 				return 0, fmt.Errorf("acquire %s: %s", e.opts.Key, te.What)
@@ -403,6 +396,9 @@ func (e *Elector) release(s *session, maybe bool) {
 		e.log.Warn("release lock refused: key not held by this session", "key", e.opts.Key)
 	}
 }
+
+// denied reports whether a Txn error says the token may not do the op.
+func denied(what string) bool { return containsAny(what, "ermission denied", "lacks permission") }
 
 func containsAny(s string, subs ...string) bool {
 	for _, sub := range subs {

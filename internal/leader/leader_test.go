@@ -27,7 +27,6 @@ func options(id string) leader.Options {
 		JobsPrefix:     "leadercron/test/jobs/",
 		RequestsPrefix: "leadercron/test/requests/",
 		ID:             id,
-		Value:          []byte(id),
 		SessionName:    "leadercron test " + id,
 		TTL:            ttl,
 		LockDelay:      lockDelay,
@@ -336,7 +335,7 @@ func TestLockValueIsJSON(t *testing.T) {
 	agent := consultest.Start(t)
 	c := client(t, agent.Addr, nil)
 	opts := options("a\x01\"b")
-	opts.Value, opts.Service = nil, "svc\x7f"
+	opts.Service = "svc\x7f"
 	before := time.Now().Add(-time.Second)
 	a := campaign(t, c, opts)
 	waitTerm(t, a, 10*time.Second)

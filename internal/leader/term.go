@@ -301,7 +301,7 @@ func (c *consulSlots) txnFailed(op string, resp *api.TxnResponse, raceOp int) er
 		return &refusedError{op: op, what: "no reason given"}
 	}
 	for _, te := range resp.Errors {
-		if te.OpIndex == 0 && !containsAny(te.What, "ermission denied", "lacks permission") {
+		if te.OpIndex == 0 && !denied(te.What) {
 			c.sess.lose(ErrNotLeader)
 			return ErrNotLeader
 		}
@@ -309,7 +309,7 @@ func (c *consulSlots) txnFailed(op string, resp *api.TxnResponse, raceOp int) er
 	// Consul lists every op that failed: the race op among them (and no
 	// denial) is a lost race, whatever follows it.
 	for _, te := range resp.Errors {
-		if containsAny(te.What, "ermission denied", "lacks permission") {
+		if denied(te.What) {
 			c.e.opts.Metrics.ConsulError("txn_refused")
 			return &refusedError{op: op, what: te.What}
 		}
