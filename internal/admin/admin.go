@@ -36,6 +36,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/leadercron/leadercron/internal/fate"
 )
 
 // Status is the body of GET /status.
@@ -77,11 +79,11 @@ type JobStatus struct {
 
 // LastSlot is the most recent slot's fate.
 type LastSlot struct {
-	Slot       time.Time `json:"slot"`
-	Outcome    string    `json:"outcome"`
-	Reason     string    `json:"reason,omitempty"`
-	HTTPStatus int       `json:"http_status"`
-	DurationMS int64     `json:"duration_ms"`
+	Slot       time.Time    `json:"slot"`
+	Outcome    fate.Outcome `json:"outcome"`
+	Reason     fate.Reason  `json:"reason,omitempty"`
+	HTTPStatus int          `json:"http_status"`
+	DurationMS int64        `json:"duration_ms"`
 }
 
 // HandoverResult is the body of POST /handover.

@@ -282,7 +282,7 @@ func (st statusView) print(w io.Writer, history int) {
 				if e.Attempts > 0 {
 					took, attempts = (time.Duration(e.DurationMS) * time.Millisecond).String(), fmt.Sprint(e.Attempts)
 				}
-				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", slot, e.Outcome, dash(e.Reason), status, took, attempts, dash(e.ID))
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", slot, e.Outcome, dash(string(e.Reason)), status, took, attempts, dash(e.ID))
 			}
 			_ = tw.Flush()
 		}

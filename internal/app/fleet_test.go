@@ -13,6 +13,7 @@ import (
 
 	"github.com/leadercron/leadercron/internal/app"
 	"github.com/leadercron/leadercron/internal/consultest"
+	"github.com/leadercron/leadercron/internal/fate"
 	"github.com/leadercron/leadercron/internal/ledger"
 )
 
@@ -122,8 +123,8 @@ func TestFleetCommands(t *testing.T) {
 		store := ledger.New(c, prefix)
 		slot := time.Date(2026, 11, 22, 2, 0, 0, 0, time.UTC)
 		for _, e := range []ledger.Entry{
-			{Slot: slot, Outcome: ledger.OutcomeMissed, Reason: "no_leader", At: slot.Add(time.Minute), ID: "web-2"},
-			{Slot: slot.Add(-24 * time.Hour), Outcome: ledger.OutcomeFired, HTTPStatus: 200, DurationMS: 1500, Attempts: 1, ID: "web-1", At: slot.Add(-24 * time.Hour)},
+			{Slot: slot, Outcome: fate.Missed, Reason: "no_leader", At: slot.Add(time.Minute), ID: "web-2"},
+			{Slot: slot.Add(-24 * time.Hour), Outcome: fate.Fired, HTTPStatus: 200, DurationMS: 1500, Attempts: 1, ID: "web-1", At: slot.Add(-24 * time.Hour)},
 		} {
 			if err := store.Append(ctx, "nightly", e); err != nil {
 				t.Fatal(err)
@@ -132,7 +133,7 @@ func TestFleetCommands(t *testing.T) {
 		if _, _, err := store.Pause(ctx, "report", "carol", ""); err != nil {
 			t.Fatal(err)
 		}
-		if err := store.Append(ctx, "retired", ledger.Entry{Slot: slot, Outcome: ledger.OutcomeFired}); err != nil {
+		if err := store.Append(ctx, "retired", ledger.Entry{Slot: slot, Outcome: fate.Fired}); err != nil {
 			t.Fatal(err)
 		}
 

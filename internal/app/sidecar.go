@@ -13,6 +13,7 @@ import (
 	"github.com/leadercron/leadercron/internal/admin"
 	"github.com/leadercron/leadercron/internal/appclient"
 	"github.com/leadercron/leadercron/internal/config"
+	"github.com/leadercron/leadercron/internal/fate"
 	"github.com/leadercron/leadercron/internal/leader"
 	"github.com/leadercron/leadercron/internal/ledger"
 	"github.com/leadercron/leadercron/internal/metrics"
@@ -150,7 +151,7 @@ func (s *sidecar) watchRequests(ctx context.Context, term *leader.Term) {
 			return
 		}
 		if err != nil {
-			s.m.ConsulError("watch_requests")
+			s.m.ConsulError(metrics.OpWatchRequests)
 			s.log.Warn("read run requests failed", "error", err)
 			if len(reqs) == 0 {
 				select {
@@ -186,7 +187,7 @@ func (s *sidecar) takeRequest(ctx context.Context, term *leader.Term, r ledger.R
 		s.log.Warn("take run request refused; left in place", "job", r.Job, "request", r.ID, "error", err)
 	case err != nil:
 		s.log.Warn("take run request: outcome unknown", "job", r.Job, "request", r.ID, "error", err)
-		s.sched.RequestLost(r.Job, r.At, r.ID, term.Token(), scheduler.ReasonTakeUnknown)
+		s.sched.RequestLost(r.Job, r.At, r.ID, term.Token(), fate.TakeUnknown)
 	case took:
 		s.log.Info("run request taken", "job", r.Job, "request", r.ID, "by", r.By, "requested_at", r.At.UTC())
 		_ = s.sched.RunNow(ctx, term, r.Job, r.At, r.ID) // the job is known
@@ -286,9 +287,9 @@ func (t triggerer) Trigger(ctx context.Context, r scheduler.Run) scheduler.Resul
 	case errors.Is(res.Err, appclient.ErrLeaseEnded):
 		// Held up past the lease between the last check and the wire:
 		// not sent, so the slot is missed, not failed.
-		out.Outcome, out.Reason = scheduler.OutcomeMissed, scheduler.ReasonLease
-	case res.Outcome == appclient.OutcomeFailed && res.Delivery == appclient.DeliveryUnknown:
-		out.Reason = appclient.ReasonNoAnswer
+		out.Outcome, out.Reason = fate.Missed, fate.Lease
+	case res.Outcome == fate.Failed && res.Delivery == appclient.DeliveryUnknown:
+		out.Reason = fate.NoAnswer
 	}
 	return out
 }
@@ -297,7 +298,7 @@ func (t triggerer) Trigger(ctx context.Context, r scheduler.Run) scheduler.Resul
 // answered 5xx. A trigger that may have reached the app without an answer
 // (a reset, a deadline) is not sent again: the app may be running it.
 func retryable(res appclient.Result) bool {
-	if res.Err == nil || res.Outcome != appclient.OutcomeFailed || errors.Is(res.Err, appclient.ErrLeaseEnded) {
+	if res.Err == nil || res.Outcome != fate.Failed || errors.Is(res.Err, appclient.ErrLeaseEnded) {
 		return false
 	}
 	if res.Status >= 500 {

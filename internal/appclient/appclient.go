@@ -49,19 +49,9 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-)
 
-// Outcomes of a trigger.
-const (
-	OutcomeFired   = "fired"   // 2xx: the app ran it, or accepted it (202)
-	OutcomeSkipped = "skipped" // 409: the app says the job already runs
-	OutcomeFailed  = "failed"  // anything else, transport errors included
+	"github.com/leadercron/leadercron/internal/fate"
 )
-
-// ReasonNoAnswer is the reason for a trigger whose Delivery is
-// DeliveryUnknown: the trigger was sent and no answer came: the app may
-// have run it; it is not re-sent.
-const ReasonNoAnswer = "no_answer"
 
 // Delivery says how far a trigger got. Its zero value is DeliveryUnknown,
 // so that a Result nobody filled in never claims that a resend is safe.
@@ -257,7 +247,7 @@ type body struct {
 
 // Result is what became of one trigger.
 type Result struct {
-	Outcome  string
+	Outcome  fate.Outcome
 	Status   int // 0 when no answer came
 	Duration time.Duration
 	Err      error // why it failed, when Outcome is failed
@@ -291,7 +281,7 @@ func (c *Client) trigger(ctx context.Context, t Trigger) Result {
 		Deadline: deadline, IdempotencyKey: t.IdempotencyKey(), Attempt: t.Attempt, RunNow: t.RunNow,
 	})
 	if err != nil {
-		return Result{Outcome: OutcomeFailed, Delivery: DeliveryNotSent, Err: fmt.Errorf("encode trigger: %w", err)}
+		return Result{Outcome: fate.Failed, Delivery: DeliveryNotSent, Err: fmt.Errorf("encode trigger: %w", err)}
 	}
 	res, deadReused := c.send(ctx, c.trig, t, deadline, payload, notAfter)
 	if !deadReused || ctx.Err() != nil || errors.Is(res.Err, ErrLeaseEnded) {
@@ -387,7 +377,7 @@ func (c *Client) send(ctx context.Context, hc *http.Client, t Trigger, deadline 
 	p := &probe{notAfter: notAfter}
 	req, err := c.newTriggerRequest(httptrace.WithClientTrace(ctx, p.trace()), t, deadline, payload)
 	if err != nil {
-		return Result{Outcome: OutcomeFailed, Delivery: DeliveryNotSent, Err: fmt.Errorf("build trigger request: %w", err)}, false
+		return Result{Outcome: fate.Failed, Delivery: DeliveryNotSent, Err: fmt.Errorf("build trigger request: %w", err)}, false
 	}
 	resp, err := hc.Do(req)
 	p.unguard()
@@ -396,7 +386,7 @@ func (c *Client) send(ctx context.Context, hc *http.Client, t Trigger, deadline 
 		if d == DeliveryNotSent && p.guardRefused() {
 			err = ErrLeaseEnded
 		}
-		return Result{Outcome: OutcomeFailed, Delivery: d, Err: fmt.Errorf("post %s: %w", req.URL.Path, err)}, deadReused
+		return Result{Outcome: fate.Failed, Delivery: d, Err: fmt.Errorf("post %s: %w", req.URL.Path, err)}, deadReused
 	}
 	defer resp.Body.Close()
 	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
@@ -404,11 +394,11 @@ func (c *Client) send(ctx context.Context, hc *http.Client, t Trigger, deadline 
 	res := Result{Status: resp.StatusCode, Delivery: DeliveryAnswered}
 	switch {
 	case resp.StatusCode >= 200 && resp.StatusCode < 300:
-		res.Outcome = OutcomeFired
+		res.Outcome = fate.Fired
 	case resp.StatusCode == http.StatusConflict:
-		res.Outcome = OutcomeSkipped
+		res.Outcome = fate.Skipped
 	default:
-		res.Outcome = OutcomeFailed
+		res.Outcome = fate.Failed
 		res.Err = fmt.Errorf("post %s: app answered %d: %s", req.URL.Path, resp.StatusCode, bytes.TrimSpace(snippet))
 	}
 	return res, false

@@ -21,6 +21,7 @@ import (
 	_ "time/tzdata" // the zone tests must not depend on the host's zoneinfo
 
 	"github.com/leadercron/leadercron/internal/appclient"
+	"github.com/leadercron/leadercron/internal/fate"
 )
 
 const sidecarID = "sidecar-a"
@@ -124,7 +125,7 @@ func TestTriggerRequest(t *testing.T) {
 				Attempt:      2,
 			}
 			res := client(t, srv, tc.base).Trigger(context.Background(), tr)
-			if res.Outcome != appclient.OutcomeFired || res.Status != http.StatusNoContent || res.Err != nil ||
+			if res.Outcome != fate.Fired || res.Status != http.StatusNoContent || res.Err != nil ||
 				res.Delivery != appclient.DeliveryAnswered {
 				t.Fatalf("result %+v, want fired 204, answered", res)
 			}
@@ -223,16 +224,16 @@ func TestTriggerOutcome(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		status  int
-		outcome string
+		outcome fate.Outcome
 	}{
-		{http.StatusOK, appclient.OutcomeFired},
-		{http.StatusNoContent, appclient.OutcomeFired},
-		{http.StatusAccepted, appclient.OutcomeFired},
-		{http.StatusConflict, appclient.OutcomeSkipped},
-		{http.StatusServiceUnavailable, appclient.OutcomeFailed},
-		{http.StatusInternalServerError, appclient.OutcomeFailed},
-		{http.StatusNotFound, appclient.OutcomeFailed},
-		{http.StatusBadRequest, appclient.OutcomeFailed},
+		{http.StatusOK, fate.Fired},
+		{http.StatusNoContent, fate.Fired},
+		{http.StatusAccepted, fate.Fired},
+		{http.StatusConflict, fate.Skipped},
+		{http.StatusServiceUnavailable, fate.Failed},
+		{http.StatusInternalServerError, fate.Failed},
+		{http.StatusNotFound, fate.Failed},
+		{http.StatusBadRequest, fate.Failed},
 	}
 	for _, tc := range tests {
 		t.Run(strconv.Itoa(tc.status), func(t *testing.T) {
@@ -253,7 +254,7 @@ func TestTriggerOutcome(t *testing.T) {
 			if res.Duration <= 0 {
 				t.Errorf("duration %v, want it measured", res.Duration)
 			}
-			if tc.outcome != appclient.OutcomeFailed {
+			if tc.outcome != fate.Failed {
 				if res.Err != nil {
 					t.Errorf("err %v, want none for %s", res.Err, tc.outcome)
 				}
@@ -293,7 +294,7 @@ func TestTriggerDeadline(t *testing.T) {
 	default:
 		t.Fatal("the request never reached the app")
 	}
-	if res.Outcome != appclient.OutcomeFailed || res.Status != 0 || res.Delivery != appclient.DeliveryUnknown {
+	if res.Outcome != fate.Failed || res.Status != 0 || res.Delivery != appclient.DeliveryUnknown {
 		t.Errorf("outcome %q status %d delivery %v, want failed with no status, unknown", res.Outcome, res.Status, res.Delivery)
 	}
 	if !errors.Is(res.Err, context.DeadlineExceeded) {
@@ -311,7 +312,7 @@ func TestTriggerDeadlinePassed(t *testing.T) {
 	tr := trigger("late")
 	tr.Deadline = time.Now().Add(-time.Second)
 	res := client(t, srv, "").Trigger(context.Background(), tr)
-	if res.Outcome != appclient.OutcomeFailed || !errors.Is(res.Err, context.DeadlineExceeded) ||
+	if res.Outcome != fate.Failed || !errors.Is(res.Err, context.DeadlineExceeded) ||
 		res.Delivery != appclient.DeliveryNotSent {
 		t.Errorf("result %+v, want failed with a deadline error, not sent", res)
 	}
@@ -335,7 +336,7 @@ func TestTriggerContextCanceled(t *testing.T) {
 		cancel()
 	}()
 	res := client(t, srv, "").Trigger(ctx, trigger("x"))
-	if res.Outcome != appclient.OutcomeFailed || !errors.Is(res.Err, context.Canceled) ||
+	if res.Outcome != fate.Failed || !errors.Is(res.Err, context.Canceled) ||
 		res.Delivery != appclient.DeliveryUnknown {
 		t.Errorf("result %+v, want failed, canceled, unknown", res)
 	}
@@ -347,7 +348,7 @@ func TestTriggerConnectionRefused(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			res := appclient.New(refusedURL(t), sidecarID, hc).Trigger(context.Background(), trigger("x"))
-			if res.Outcome != appclient.OutcomeFailed || res.Status != 0 {
+			if res.Outcome != fate.Failed || res.Status != 0 {
 				t.Errorf("outcome %q status %d, want failed with no status", res.Outcome, res.Status)
 			}
 			if !errors.Is(res.Err, syscall.ECONNREFUSED) {
@@ -668,10 +669,10 @@ func TestTriggerNotReplayedAfterReset(t *testing.T) {
 				tr := slotTrigger("x", i)
 				res := c.Trigger(context.Background(), tr)
 				if i%3 == 0 { // the app's 1st, 4th, 7th... request: reset
-					if res.Outcome != appclient.OutcomeFailed || res.Status != 0 || res.Delivery != appclient.DeliveryUnknown || res.Err == nil {
+					if res.Outcome != fate.Failed || res.Status != 0 || res.Delivery != appclient.DeliveryUnknown || res.Err == nil {
 						t.Errorf("trigger %d (reset after the app read it): %+v, want failed, status 0, unknown", i+1, res)
 					}
-				} else if res.Outcome != appclient.OutcomeFired || res.Delivery != appclient.DeliveryAnswered {
+				} else if res.Outcome != fate.Fired || res.Delivery != appclient.DeliveryAnswered {
 					t.Errorf("trigger %d: %+v, want fired, answered", i+1, res)
 				}
 				if n := got.of(tr.IdempotencyKey()); n != 1 {
@@ -727,7 +728,7 @@ func TestTriggerWriteTimeoutNotReplayed(t *testing.T) {
 			}
 			slow := trigger("slow")
 			res := c.Trigger(context.Background(), slow)
-			if res.Outcome != appclient.OutcomeFailed || res.Status != 0 || res.Delivery != appclient.DeliveryUnknown {
+			if res.Outcome != fate.Failed || res.Status != 0 || res.Delivery != appclient.DeliveryUnknown {
 				t.Errorf("result %+v, want failed, status 0, unknown", res)
 			}
 			if n := got.of(slow.IdempotencyKey()); n != 1 {
@@ -843,7 +844,7 @@ func TestTriggerDeadIdleConnection(t *testing.T) {
 		// with nothing written.
 		second := slotTrigger("x", 2)
 		res := c.Trigger(context.Background(), second)
-		if res.Outcome != appclient.OutcomeFired || res.Delivery != appclient.DeliveryAnswered || res.Err != nil {
+		if res.Outcome != fate.Fired || res.Delivery != appclient.DeliveryAnswered || res.Err != nil {
 			t.Errorf("second trigger: %+v, want fired, answered", res)
 		}
 		if n := got.of(second.IdempotencyKey()); n != 1 {
@@ -871,7 +872,7 @@ func TestTriggerDeadIdleConnection(t *testing.T) {
 		res := c.Trigger(context.Background(), second)
 		// The trigger left this host: no proof that the app did not get
 		// it (here it did not, but the sidecar cannot know).
-		if res.Outcome != appclient.OutcomeFailed || res.Status != 0 || res.Delivery != appclient.DeliveryUnknown {
+		if res.Outcome != fate.Failed || res.Status != 0 || res.Delivery != appclient.DeliveryUnknown {
 			t.Errorf("second trigger: %+v, want failed, status 0, unknown", res)
 		}
 		if n := got.of(second.IdempotencyKey()); n != 0 {
@@ -930,7 +931,7 @@ func TestTriggerRedirectNotFollowed(t *testing.T) {
 				http.Redirect(w, r, "/elsewhere", code)
 			})
 			res := client(t, srv, "").Trigger(context.Background(), trigger("x"))
-			if res.Outcome != appclient.OutcomeFailed || res.Status != code || res.Delivery != appclient.DeliveryAnswered {
+			if res.Outcome != fate.Failed || res.Status != code || res.Delivery != appclient.DeliveryAnswered {
 				t.Errorf("result %+v, want failed %d, answered", res, code)
 			}
 			if n := calls.Load(); n != 1 {
@@ -961,7 +962,7 @@ func TestTriggerRunNowKeys(t *testing.T) {
 	keys := make(map[string]bool)
 	for i, tr := range triggers {
 		tr.Deadline = time.Now().Add(time.Minute)
-		if res := c.Trigger(context.Background(), tr); res.Outcome != appclient.OutcomeFired {
+		if res := c.Trigger(context.Background(), tr); res.Outcome != fate.Fired {
 			t.Fatalf("trigger %d: %+v", i, res)
 		}
 		r := <-got
@@ -1037,7 +1038,7 @@ func TestTriggerNotSentAfterLease(t *testing.T) {
 		res := c.Trigger(paused(step.pause), tr)
 		lateOK := step.within > step.pause
 		switch {
-		case lateOK && (res.Outcome != appclient.OutcomeFired || res.Delivery != appclient.DeliveryAnswered):
+		case lateOK && (res.Outcome != fate.Fired || res.Delivery != appclient.DeliveryAnswered):
 			t.Errorf("%s: %+v; want fired", step.name, res)
 		case !lateOK && (!errors.Is(res.Err, appclient.ErrLeaseEnded) || res.Delivery != appclient.DeliveryNotSent):
 			t.Errorf("%s: %+v; want ErrLeaseEnded, not sent", step.name, res)

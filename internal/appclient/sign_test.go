@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/leadercron/leadercron/internal/appclient"
+	"github.com/leadercron/leadercron/internal/fate"
 )
 
 const testSecret = "0123456789abcdef0123456789abcdef"
@@ -132,7 +133,7 @@ func TestSignedRequests(t *testing.T) {
 	runNow.RunNow = "r-1"
 	runNow.Attempt = 3
 	for _, tr := range []appclient.Trigger{trigger("send-report"), runNow} {
-		if res := c.Trigger(context.Background(), tr); res.Outcome != appclient.OutcomeFired {
+		if res := c.Trigger(context.Background(), tr); res.Outcome != fate.Fired {
 			t.Fatalf("trigger: %+v", res)
 		}
 	}
@@ -296,7 +297,7 @@ func BenchmarkTrigger(b *testing.B) {
 			tr := trigger("send-report")
 			b.ReportAllocs()
 			for b.Loop() {
-				if res := c.Trigger(context.Background(), tr); res.Outcome != appclient.OutcomeFired {
+				if res := c.Trigger(context.Background(), tr); res.Outcome != fate.Fired {
 					b.Fatalf("trigger: %+v", res)
 				}
 			}

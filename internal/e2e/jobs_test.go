@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/leadercron/leadercron/internal/consultest"
+	"github.com/leadercron/leadercron/internal/fate"
 	"github.com/leadercron/leadercron/internal/ledger"
 )
 
@@ -202,7 +203,7 @@ func waitHistory(t *testing.T, c *api.Client, job string, timeout time.Duration,
 	}
 }
 
-func hasEntry(list []ledger.Entry, outcome, reason string) bool {
+func hasEntry(list []ledger.Entry, outcome fate.Outcome, reason fate.Reason) bool {
 	for _, e := range list {
 		if e.Outcome == outcome && e.Reason == reason {
 			return true

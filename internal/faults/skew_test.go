@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/leadercron/leadercron/internal/consultest"
+	"github.com/leadercron/leadercron/internal/fate"
 	"github.com/leadercron/leadercron/internal/leader"
 	"github.com/leadercron/leadercron/internal/scheduler"
 )
@@ -45,17 +46,17 @@ type historyRecorder struct {
 }
 
 func (r historyRecorder) Record(job string, lr scheduler.LastRun) {
-	if lr.Outcome != scheduler.OutcomeMissed && lr.Outcome != scheduler.OutcomeSkipped {
+	if lr.Outcome != fate.Missed && lr.Outcome != fate.Skipped {
 		return
 	}
 	until := lr.Until
 	if until.IsZero() {
 		until = lr.Slot
-		if lr.Reason == scheduler.ReasonNoLeader {
+		if lr.Reason == fate.NoLeader {
 			until = r.clock.Now()
 		}
 	}
-	r.h.add(event{Kind: "record", Sidecar: r.id, Job: job, Slot: lr.Slot.UTC(), Until: until.UTC(), Note: lr.Outcome + " " + lr.Reason})
+	r.h.add(event{Kind: "record", Sidecar: r.id, Job: job, Slot: lr.Slot.UTC(), Until: until.UTC(), Note: string(lr.Outcome) + " " + string(lr.Reason)})
 }
 
 // instance is one in-process sidecar: an elector and a scheduler with a

@@ -10,6 +10,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/leadercron/leadercron/internal/metrics"
 )
 
 // Options configures an Elector.
@@ -36,12 +38,12 @@ type Options struct {
 
 // Metrics receives counts of Consul errors by operation. It is optional.
 type Metrics interface {
-	ConsulError(op string)
+	ConsulError(op metrics.ConsulOp)
 }
 
 type nopMetrics struct{}
 
-func (nopMetrics) ConsulError(string) {}
+func (nopMetrics) ConsulError(metrics.ConsulOp) {}
 
 // requestTimeout bounds one claim, take or read. At TTL/3 an unknown
 // outcome is known to be unknown, and resolved by a re-read, well within
@@ -144,7 +146,7 @@ func (e *Elector) Run(ctx context.Context, lead func(context.Context, *Term) err
 			if ctx.Err() != nil {
 				return nil
 			}
-			e.opts.Metrics.ConsulError("watch")
+			e.opts.Metrics.ConsulError(metrics.OpWatch)
 			e.log.Warn("read lock key failed", "key", e.opts.Key, "error", err)
 			index = 0
 			if !pause() {
@@ -177,7 +179,7 @@ func (e *Elector) Run(ctx context.Context, lead func(context.Context, *Term) err
 				if ctx.Err() != nil {
 					return nil
 				}
-				e.opts.Metrics.ConsulError("session_create")
+				e.opts.Metrics.ConsulError(metrics.OpSessionCreate)
 				e.log.Warn("create session failed", "error", err)
 				// The key was free: read it again at once after the
 				// pause, not with a blocking query that would wait
@@ -196,7 +198,7 @@ func (e *Elector) Run(ctx context.Context, lead func(context.Context, *Term) err
 				return nil
 			}
 			if !errors.Is(err, errLockDelay) && !errors.Is(err, errHeld) {
-				e.opts.Metrics.ConsulError("acquire")
+				e.opts.Metrics.ConsulError(metrics.OpAcquire)
 				e.log.Warn("acquire lock failed", "key", e.opts.Key, "error", err)
 			} else {
 				e.log.Debug("lock not acquired", "key", e.opts.Key, "reason", err)
@@ -350,7 +352,7 @@ func (e *Elector) monitor(ctx context.Context, s *session) {
 			return
 		}
 		if err != nil {
-			e.opts.Metrics.ConsulError("monitor")
+			e.opts.Metrics.ConsulError(metrics.OpMonitor)
 			e.log.Warn("monitor lock key failed", "key", e.opts.Key, "error", err)
 			index = 0
 			t := time.NewTimer(e.opts.RetryInterval)
@@ -388,7 +390,7 @@ func (e *Elector) release(s *session, maybe bool) {
 	ok, _, err := e.client.KV().Release(&api.KVPair{Key: e.opts.Key, Session: s.id}, (&api.WriteOptions{}).WithContext(ctx))
 	switch {
 	case err != nil:
-		e.opts.Metrics.ConsulError("release")
+		e.opts.Metrics.ConsulError(metrics.OpRelease)
 		e.log.Warn("release lock failed", "key", e.opts.Key, "error", err)
 	case ok && maybe:
 		e.log.Info("released a lock acquired as the campaign ended", "key", e.opts.Key)

@@ -14,6 +14,13 @@ import (
 
 	"github.com/leadercron/leadercron/internal/consultest"
 	"github.com/leadercron/leadercron/internal/leader"
+	"github.com/leadercron/leadercron/internal/metrics"
+)
+
+// The metrics satisfy the leader's interface, and a Term the metrics'.
+var (
+	_ leader.Metrics = (*metrics.Metrics)(nil)
+	_ metrics.Term   = (*leader.Term)(nil)
 )
 
 const (

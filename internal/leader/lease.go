@@ -10,6 +10,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/leadercron/leadercron/internal/metrics"
 )
 
 // ErrLockLost is wrapped by every cause that ends a leadership.
@@ -224,7 +226,7 @@ func (s *session) renewed(r renewResult, expiry *time.Timer) bool {
 	case r.err != nil:
 		// Unknown: Consul may have renewed it or not. The lease
 		// stays as it was and ends on its own timer.
-		s.opts.Metrics.ConsulError("renew")
+		s.opts.Metrics.ConsulError(metrics.OpRenew)
 		s.log.Warn("session renew failed", "error", r.err, "lease_remaining", s.remaining().Round(time.Millisecond))
 		return true
 	case r.entry == nil:
@@ -262,7 +264,7 @@ func (s *session) destroy() {
 	ctx, cancel := context.WithTimeout(context.Background(), FinalRequestTimeout)
 	defer cancel()
 	if _, err := s.client.Session().Destroy(s.id, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
-		s.opts.Metrics.ConsulError("destroy")
+		s.opts.Metrics.ConsulError(metrics.OpDestroy)
 		s.log.Warn("session destroy failed", "error", err)
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/leadercron/leadercron/internal/metrics"
 )
 
 // ErrNotLeader is returned by Claim when the lock is no longer held by this
@@ -160,7 +162,7 @@ func (c *consulSlots) read(ctx context.Context, job string) (claimState, error) 
 	defer cancel()
 	pairs, _, err := c.e.client.KV().List(c.folder(job), (&api.QueryOptions{RequireConsistent: true}).WithContext(rctx))
 	if err != nil {
-		c.e.opts.Metrics.ConsulError("read_slot")
+		c.e.opts.Metrics.ConsulError(metrics.OpReadSlot)
 		return claimState{}, fmt.Errorf("read last slot of %s: %w", job, err)
 	}
 	var st claimState
@@ -273,7 +275,7 @@ func (c *consulSlots) txn(ctx context.Context, job string, slot time.Time, token
 	ok, resp, _, err := c.e.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(rctx))
 	if err != nil {
 		c.forget(job) // the write may or may not have happened
-		c.e.opts.Metrics.ConsulError("claim")
+		c.e.opts.Metrics.ConsulError(metrics.OpClaim)
 		return false, false, fmt.Errorf("%s: %w", op, err)
 	}
 	if !ok {
@@ -310,7 +312,7 @@ func (c *consulSlots) txnFailed(op string, resp *api.TxnResponse, raceOp int) er
 	// denial) is a lost race, whatever follows it.
 	for _, te := range resp.Errors {
 		if denied(te.What) {
-			c.e.opts.Metrics.ConsulError("txn_refused")
+			c.e.opts.Metrics.ConsulError(metrics.OpTxnRefused)
 			return &refusedError{op: op, what: te.What}
 		}
 	}
@@ -319,7 +321,7 @@ func (c *consulSlots) txnFailed(op string, resp *api.TxnResponse, raceOp int) er
 			return nil
 		}
 	}
-	c.e.opts.Metrics.ConsulError("txn_refused")
+	c.e.opts.Metrics.ConsulError(metrics.OpTxnRefused)
 	return &refusedError{op: op, what: resp.Errors[0].What}
 }
 
@@ -337,7 +339,7 @@ func (c *consulSlots) take(ctx context.Context, job string, index uint64) (bool,
 	defer cancel()
 	ok, resp, _, err := c.e.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(rctx))
 	if err != nil {
-		c.e.opts.Metrics.ConsulError("take_request")
+		c.e.opts.Metrics.ConsulError(metrics.OpTakeRequest)
 		return c.takeResolve(ctx, op, key, index, err)
 	}
 	if ok {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/leadercron/leadercron/internal/fate"
 )
 
 // MaxHistory is how many slot fates P/history/<job> keeps.
@@ -29,26 +31,18 @@ const maxCASAttempts = 64
 // maxCASAttempts times in a row.
 var ErrConflict = errors.New("too many concurrent writers")
 
-// Outcomes of a slot, as recorded in Entry.Outcome.
-const (
-	OutcomeFired   = "fired"
-	OutcomeFailed  = "failed"
-	OutcomeSkipped = "skipped"
-	OutcomeMissed  = "missed"
-)
-
 // Entry is one slot's fate in P/history/<job>.
 type Entry struct {
-	Slot         time.Time `json:"slot"`
-	Outcome      string    `json:"outcome"`           // fired, failed, skipped, missed
-	Reason       string    `json:"reason"`            // overlap, group, paused, no_leader, ...
-	HTTPStatus   int       `json:"http_status"`       // 0 when the app was not reached
-	DurationMS   int64     `json:"duration_ms"`       // the trigger's duration
-	Attempts     int       `json:"attempts"`          // triggers sent for this slot
-	FencingToken uint64    `json:"fencing_token"`     // the leadership that recorded it
-	ID           string    `json:"id"`                // the sidecar that recorded it
-	RunNow       bool      `json:"run_now"`           // a run-now request, not a scheduled slot
-	Request      string    `json:"request,omitempty"` // the run-now request's id
+	Slot         time.Time    `json:"slot"`
+	Outcome      fate.Outcome `json:"outcome"`
+	Reason       fate.Reason  `json:"reason"`
+	HTTPStatus   int          `json:"http_status"`       // 0 when the app was not reached
+	DurationMS   int64        `json:"duration_ms"`       // the trigger's duration
+	Attempts     int          `json:"attempts"`          // triggers sent for this slot
+	FencingToken uint64       `json:"fencing_token"`     // the leadership that recorded it
+	ID           string       `json:"id"`                // the sidecar that recorded it
+	RunNow       bool         `json:"run_now"`           // a run-now request, not a scheduled slot
+	Request      string       `json:"request,omitempty"` // the run-now request's id
 	// Until, for a range of missed slots recorded as one entry, is the
 	// end of the range; Slot is its first slot.
 	Until time.Time `json:"until,omitzero"`

@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/leadercron/leadercron/internal/consultest"
+	"github.com/leadercron/leadercron/internal/fate"
 	"github.com/leadercron/leadercron/internal/ledger"
 )
 
@@ -62,7 +63,7 @@ func ctxT(t *testing.T) context.Context {
 }
 
 func entry(i int) ledger.Entry {
-	return ledger.Entry{Slot: t0.Add(time.Duration(i) * time.Minute), Outcome: ledger.OutcomeFired, HTTPStatus: 200,
+	return ledger.Entry{Slot: t0.Add(time.Duration(i) * time.Minute), Outcome: fate.Fired, HTTPStatus: 200,
 		DurationMS: int64(i), Attempts: 1, FencingToken: 7, ID: "a", At: t0.Add(time.Duration(i)*time.Minute + time.Second)}
 }
 
@@ -166,7 +167,7 @@ func TestLedger(t *testing.T) {
 			}
 		}
 		late := entry(30)
-		late.Outcome, late.Reason, late.At = ledger.OutcomeSkipped, "overlap", late.At.Add(time.Hour)
+		late.Outcome, late.Reason, late.At = fate.Skipped, "overlap", late.At.Add(time.Hour)
 		if err := s.Append(ctx, "job", late); err != nil {
 			t.Fatal(err)
 		}
@@ -181,7 +182,7 @@ func TestLedger(t *testing.T) {
 			t.Fatalf("history spans %s..%s, want slots 55..7", list[0].Slot, list[len(list)-1].Slot)
 		}
 		i := 55 - 30
-		if list[i].Outcome != ledger.OutcomeSkipped || list[i+1].Outcome != ledger.OutcomeFired || !list[i+1].Slot.Equal(entry(30).Slot) {
+		if list[i].Outcome != fate.Skipped || list[i+1].Outcome != fate.Fired || !list[i+1].Slot.Equal(entry(30).Slot) {
 			t.Fatalf("slot 30 entries = %+v, %+v; want the later record first", list[i], list[i+1])
 		}
 	})

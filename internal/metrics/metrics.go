@@ -30,16 +30,35 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/leadercron/leadercron/internal/fate"
 )
 
-// Outcomes pre-created in leadercron_slots_total for every job. They are
-// the scheduler's and app client's outcome names.
-var outcomes = [...]string{"fired", "failed", "skipped", "missed"}
+// ConsulOp names a Consul request in leadercron_consul_errors_total. Every
+// op is declared here, so that each has a zero series from the start.
+type ConsulOp string
 
-// Consul operations pre-created in leadercron_consul_errors_total: the ones
-// the leader package reports. An operation not listed here still counts; it
-// just has no zero series before its first error.
-var consulOps = [...]string{"watch", "session_create", "acquire", "renew", "monitor", "read_slot", "claim", "take_request", "txn_refused", "release", "destroy", "watch_requests"}
+// The Consul operations that report errors.
+const (
+	OpWatch         ConsulOp = "watch"          // a standby's blocking read of the lock key
+	OpSessionCreate ConsulOp = "session_create" // a new session before an acquire
+	OpAcquire       ConsulOp = "acquire"        // the lock acquire Txn
+	OpRenew         ConsulOp = "renew"          // a session renew
+	OpMonitor       ConsulOp = "monitor"        // the leader's consistent read of the lock key
+	OpReadSlot      ConsulOp = "read_slot"      // a read of a job's claim record
+	OpClaim         ConsulOp = "claim"          // a slot claim Txn
+	OpTakeRequest   ConsulOp = "take_request"   // a run-now take Txn
+	OpTxnRefused    ConsulOp = "txn_refused"    // a Txn Consul refused for a reason other than a race
+	OpRelease       ConsulOp = "release"        // the lock release at a graceful end
+	OpDestroy       ConsulOp = "destroy"        // the session destroy at the end of a campaign
+	OpWatchRequests ConsulOp = "watch_requests" // the leader's blocking list of run-now requests
+)
+
+// ConsulOps lists every ConsulOp.
+func ConsulOps() []ConsulOp {
+	return []ConsulOp{OpWatch, OpSessionCreate, OpAcquire, OpRenew, OpMonitor, OpReadSlot, OpClaim, OpTakeRequest,
+		OpTxnRefused, OpRelease, OpDestroy, OpWatchRequests}
+}
 
 // Term is the leadership the gauges are read from; *leader.Term is one.
 type Term interface {
@@ -119,12 +138,12 @@ func New(reg *prometheus.Registry, opts Options) (*Metrics, error) {
 			Help: "Failed Consul requests by operation.",
 		}, []string{"op"}),
 	}
-	for _, op := range consulOps {
-		m.consulErrors.WithLabelValues(op)
+	for _, op := range ConsulOps() {
+		m.consulErrors.WithLabelValues(string(op))
 	}
 	for _, j := range opts.Jobs {
-		for _, o := range outcomes {
-			m.slots.WithLabelValues(j, o)
+		for _, o := range fate.Outcomes() {
+			m.slots.WithLabelValues(j, string(o))
 		}
 	}
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
@@ -247,8 +266,8 @@ func (m *Metrics) drainSeconds() float64 {
 
 // SlotDone counts a settled slot (scheduler.Observer). The reason is
 // logged by the scheduler and not a label, to keep the series few.
-func (m *Metrics) SlotDone(job, outcome, _ string) {
-	m.slots.WithLabelValues(job, outcome).Inc()
+func (m *Metrics) SlotDone(job string, outcome fate.Outcome, _ fate.Reason) {
+	m.slots.WithLabelValues(job, string(outcome)).Inc()
 }
 
 // TriggerSent records how long after its slot a trigger was sent
@@ -264,6 +283,6 @@ func (m *Metrics) TriggerDone(job string, d time.Duration) {
 }
 
 // ConsulError counts a failed Consul request (leader.Metrics).
-func (m *Metrics) ConsulError(op string) {
-	m.consulErrors.WithLabelValues(op).Inc()
+func (m *Metrics) ConsulError(op ConsulOp) {
+	m.consulErrors.WithLabelValues(string(op)).Inc()
 }

@@ -13,15 +13,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/leadercron/leadercron/internal/leader"
 	"github.com/leadercron/leadercron/internal/scheduler"
 )
 
 // The consumers' interfaces are satisfied.
 var (
 	_ scheduler.Observer = (*Metrics)(nil)
-	_ leader.Metrics     = (*Metrics)(nil)
-	_ Term               = (*leader.Term)(nil)
 )
 
 type fakeTerm struct {
@@ -104,8 +101,8 @@ leadercron_build_info{version="v1.2.3"} 1
 			t.Errorf("slots_total{job=%q,outcome=%q} = %v, want %v", c.job, c.outcome, got, c.want)
 		}
 	}
-	if n := testutil.CollectAndCount(m.consulErrors); n != len(consulOps) {
-		t.Errorf("consul_errors_total has %d series before any error, want %d", n, len(consulOps))
+	if n := testutil.CollectAndCount(m.consulErrors); n != len(ConsulOps()) {
+		t.Errorf("consul_errors_total has %d series before any error, want %d", n, len(ConsulOps()))
 	}
 	m.ConsulError("renew")
 	m.ConsulError("renew")

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/leadercron/leadercron/internal/fate"
 )
 
 // fakeRecorder keeps every recorded fate.
@@ -44,7 +46,7 @@ func checkRecorded(t *testing.T, got []LastRun, want ...LastRun) {
 func fmtRuns(rs []LastRun) string {
 	s := ""
 	for _, r := range rs {
-		s += "  " + r.Outcome + "/" + r.Reason + " " + r.Slot.Sub(t0).String()
+		s += "  " + string(r.Outcome) + "/" + string(r.Reason) + " " + r.Slot.Sub(t0).String()
 		if !r.Until.IsZero() {
 			s += " until " + r.Until.Sub(t0).String()
 		}
@@ -76,8 +78,8 @@ func TestCatchUpAtTermStart(t *testing.T) {
 	h.clock.waitPending(t, at(10*sec))
 	h.settle()
 	checkRecorded(t, rec.all(),
-		LastRun{Outcome: OutcomeMissed, Reason: ReasonNoLeader, Slot: at(-90 * sec), Until: at(-55 * sec)},
-		LastRun{Outcome: OutcomeMissed, Reason: ReasonNoLeader, Slot: at(-50 * sec), Until: at(-10 * sec)},
+		LastRun{Outcome: fate.Missed, Reason: fate.NoLeader, Slot: at(-90 * sec), Until: at(-55 * sec)},
+		LastRun{Outcome: fate.Missed, Reason: fate.NoLeader, Slot: at(-50 * sec), Until: at(-10 * sec)},
 		LastRun{Outcome: "ok", Slot: at(0), Attempts: 1},
 	)
 	h.finish()
@@ -100,7 +102,7 @@ func TestCatchUpOff(t *testing.T) {
 	h.clock.waitPending(t, at(20*sec))
 	h.finish()
 	checkRecorded(t, rec.all(),
-		LastRun{Outcome: OutcomeMissed, Reason: ReasonNoLeader, Slot: at(-90 * sec)},
+		LastRun{Outcome: fate.Missed, Reason: fate.NoLeader, Slot: at(-90 * sec)},
 		LastRun{Outcome: "ok", Slot: at(10 * sec), Attempts: 1},
 	)
 }
@@ -119,7 +121,7 @@ func TestCatchUpOutsideWindow(t *testing.T) {
 	if got := h.app.drained(); len(got) != 0 {
 		t.Fatalf("fired %v; want nothing before 50s", got)
 	}
-	checkRecorded(t, rec.all(), LastRun{Outcome: OutcomeMissed, Reason: ReasonNoLeader, Slot: at(0), Until: at(20 * sec)})
+	checkRecorded(t, rec.all(), LastRun{Outcome: fate.Missed, Reason: fate.NoLeader, Slot: at(0), Until: at(20 * sec)})
 	h.finish()
 }
 
@@ -140,7 +142,7 @@ func TestLateWakeBeyondCatchUp(t *testing.T) {
 	h.clock.waitPending(t, at(40*sec))
 	h.finish()
 	checkRecorded(t, rec.all(),
-		LastRun{Outcome: OutcomeMissed, Reason: ReasonOverslept, Slot: at(10 * sec), Until: at(20 * sec)},
+		LastRun{Outcome: fate.Missed, Reason: fate.Overslept, Slot: at(10 * sec), Until: at(20 * sec)},
 		LastRun{Outcome: "ok", Slot: at(30 * sec), Attempts: 1},
 	)
 }
@@ -164,15 +166,15 @@ func TestOverlapForbidden(t *testing.T) {
 	}
 	h.app.release("sync")
 	h.settle()
-	h.app.setResult("sync", Result{Outcome: OutcomeSkipped, Status: 409, Duration: time.Millisecond})
+	h.app.setResult("sync", Result{Outcome: fate.Skipped, Status: 409, Duration: time.Millisecond})
 	h.clock.AdvanceTo(at(30 * sec))
 	checkRun(t, h.app.next(t), "sync", at(30*sec), 42, at(60*sec))
 	h.clock.waitPending(t, at(40*sec))
 	h.finish()
 	checkRecorded(t, rec.all(),
-		LastRun{Outcome: OutcomeSkipped, Reason: ReasonOverlap, Slot: at(20 * sec)},
+		LastRun{Outcome: fate.Skipped, Reason: fate.Overlap, Slot: at(20 * sec)},
 		LastRun{Outcome: "ok", Slot: at(10 * sec), Attempts: 1},
-		LastRun{Outcome: OutcomeSkipped, Reason: ReasonOverlap, Slot: at(30 * sec), Attempts: 1},
+		LastRun{Outcome: fate.Skipped, Reason: fate.Overlap, Slot: at(30 * sec), Attempts: 1},
 	)
 	checkClaims(t, h.term.claimCalls(),
 		claimCall{job: "sync", slot: at(10 * sec), won: true},
@@ -223,11 +225,11 @@ func TestGroup(t *testing.T) {
 	h.finish()
 	var skipped []LastRun
 	for _, r := range rec.all() {
-		if r.Outcome == OutcomeSkipped {
+		if r.Outcome == fate.Skipped {
 			skipped = append(skipped, r)
 		}
 	}
-	checkRecorded(t, skipped, LastRun{Outcome: OutcomeSkipped, Reason: ReasonGroup, Slot: at(25 * sec)})
+	checkRecorded(t, skipped, LastRun{Outcome: fate.Skipped, Reason: fate.Group, Slot: at(25 * sec)})
 }
 
 // A failure worth retrying is sent again after the backoff, doubling,
@@ -294,7 +296,7 @@ func TestPaused(t *testing.T) {
 	h.clock.waitPending(t, at(30*sec))
 	h.finish()
 	checkRecorded(t, rec.all(),
-		LastRun{Outcome: OutcomeSkipped, Reason: ReasonPaused, Slot: at(10 * sec)},
+		LastRun{Outcome: fate.Skipped, Reason: fate.Paused, Slot: at(10 * sec)},
 		LastRun{Outcome: "ok", Slot: at(20 * sec), Attempts: 1},
 	)
 }
@@ -368,7 +370,7 @@ func TestRunNowWaitsUntilItsDeadline(t *testing.T) {
 	for _, r := range rec.all() {
 		got[r.Request] = r
 	}
-	if r2 := got["r2"]; len(got) != 2 || r2.Outcome != OutcomeSkipped || r2.Reason != ReasonOverlap || got["r1"].Outcome != "ok" {
+	if r2 := got["r2"]; len(got) != 2 || r2.Outcome != fate.Skipped || r2.Reason != fate.Overlap || got["r1"].Outcome != "ok" {
 		t.Errorf("recorded %+v; want r1 ok and r2 skipped for overlap", got)
 	}
 }
@@ -417,11 +419,11 @@ func TestRunNowAtLeadershipEnd(t *testing.T) {
 		t.Errorf("run = %+v, want run-now r1", r)
 	}
 	h.settle()
-	h.s.RequestLost("mail", at(4*sec), "r2", 42, ReasonTakeUnknown)
+	h.s.RequestLost("mail", at(4*sec), "r2", 42, fate.TakeUnknown)
 	got := rec.all()
 	checkRecorded(t, got,
 		LastRun{Outcome: "ok", Slot: at(3 * sec), Attempts: 1},
-		LastRun{Outcome: OutcomeMissed, Reason: ReasonTakeUnknown, Slot: at(4 * sec)},
+		LastRun{Outcome: fate.Missed, Reason: fate.TakeUnknown, Slot: at(4 * sec)},
 	)
 	if len(got) == 2 && (got[0].Request != "r1" || got[1].Request != "r2") {
 		t.Errorf("records do not carry their request ids: %+v", got)

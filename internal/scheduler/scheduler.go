@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/leadercron/leadercron/internal/fate"
 )
 
 // Schedule yields a job's slots: Next returns the first slot after t.
@@ -80,13 +82,13 @@ type Run struct {
 
 // Result is what became of a run, as the app answered it.
 type Result struct {
-	Outcome  string
+	Outcome  fate.Outcome
 	Status   int
 	Duration time.Duration
 	Err      error
 	// Reason qualifies a failure for the record, such as no_answer: the
 	// trigger was sent and no answer came, so the app may have run it.
-	Reason string
+	Reason fate.Reason
 	// Retryable reports a failure worth sending again: the request
 	// certainly did not reach the app, or the app answered 5xx. A run
 	// that timed out or lost its answer is not: the app may be running
@@ -121,31 +123,6 @@ func (SystemClock) Now() time.Time { return time.Now() }
 // After returns time.After(d).
 func (SystemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
-// Outcomes of slots that did not reach the app, and the reasons recorded
-// with them (fired and failed come from the App).
-const (
-	OutcomeSkipped = "skipped"
-	OutcomeMissed  = "missed"
-
-	ReasonOverlap   = "overlap"   // skipped: the job's previous run was still in flight
-	ReasonGroup     = "group"     // skipped: its group stayed busy until the deadline
-	ReasonPaused    = "paused"    // skipped: the job is paused fleet-wide
-	ReasonNoLeader  = "no_leader" // missed: fell due while no sidecar led, not caught up
-	ReasonOverslept = "overslept" // missed: this leader woke too late for it
-	ReasonLease     = "lease_short"
-	// ReasonClaim: Consul refused the claim (an ACL denial, say): the
-	// slot is certainly not claimed.
-	ReasonClaim = "claim_failed"
-	// ReasonClaimUnknown: no answer to the claim, and none to the
-	// re-reads that would resolve it, before the lease ran short or the
-	// next slot fell due: the slot may be claimed, and nobody fires it.
-	ReasonClaimUnknown = "claim_unknown"
-	// ReasonTakeUnknown: a run-now request whose take got no answer and
-	// could not be re-read: it may be used up without firing.
-	ReasonTakeUnknown = "take_unknown"
-	ReasonEnded       = "leadership_ended" // missed: leadership ended while it waited
-)
-
 // ClaimGraceAtStop is how long a claim in flight when leadership ends may
 // still take, its resolving retry included, before it is cut and the slot
 // recorded as claim_unknown. It exceeds a Txn round trip to a healthy agent
@@ -162,7 +139,7 @@ const onTimeGrace = time.Second
 type Observer interface {
 	// SlotDone reports a slot's final outcome (fired, failed, skipped,
 	// missed) and, for the last three, its reason.
-	SlotDone(job, outcome, reason string)
+	SlotDone(job string, outcome fate.Outcome, reason fate.Reason)
 	// TriggerSent reports a trigger sent, delay after its slot.
 	TriggerSent(job string, delay time.Duration)
 	// TriggerDone reports how long the app took to answer a trigger.
@@ -171,7 +148,7 @@ type Observer interface {
 
 type nopObserver struct{}
 
-func (nopObserver) SlotDone(string, string, string)   {}
+func (nopObserver) SlotDone(string, fate.Outcome, fate.Reason) {}
 func (nopObserver) TriggerSent(string, time.Duration) {}
 func (nopObserver) TriggerDone(string, time.Duration) {}
 
@@ -217,8 +194,8 @@ type jobState struct {
 // LastRun is a slot's fate as this sidecar saw it.
 type LastRun struct {
 	Slot         time.Time
-	Outcome      string
-	Reason       string // for skipped and missed slots
+	Outcome      fate.Outcome
+	Reason       fate.Reason // for skipped and missed slots
 	Status       int
 	Duration     time.Duration
 	Attempts     int
@@ -288,7 +265,7 @@ func (s *Scheduler) RunNow(ctx context.Context, term Term, job string, requested
 	}
 	log := s.log.With("job", j.Name, "fencing_token", term.Token(), "run_now", true, "request", id)
 	if term.Remaining() < s.opts.LeaseMargin {
-		s.finish(log, j, LastRun{Slot: requested, Outcome: OutcomeMissed, Reason: ReasonLease, RunNow: true, Request: id, FencingToken: term.Token()})
+		s.finish(log, j, LastRun{Slot: requested, Outcome: fate.Missed, Reason: fate.Lease, RunNow: true, Request: id, FencingToken: term.Token()})
 		return nil
 	}
 	s.dispatch(ctx, term, log, j, requested, id)
@@ -297,13 +274,13 @@ func (s *Scheduler) RunNow(ctx context.Context, term Term, job string, requested
 
 // RequestLost records run-now request id of job as missed with reason:
 // the caller could not tell whether taking it used it up.
-func (s *Scheduler) RequestLost(job string, requested time.Time, id string, token uint64, reason string) {
+func (s *Scheduler) RequestLost(job string, requested time.Time, id string, token uint64, reason fate.Reason) {
 	j, ok := s.byName[job]
 	if !ok {
 		return
 	}
 	log := s.log.With("job", j.Name, "fencing_token", token, "run_now", true, "request", id)
-	s.finish(log, j, LastRun{Slot: requested, Outcome: OutcomeMissed, Reason: reason, RunNow: true, Request: id, FencingToken: token})
+	s.finish(log, j, LastRun{Slot: requested, Outcome: fate.Missed, Reason: reason, RunNow: true, Request: id, FencingToken: token})
 }
 
 // Wait waits until every run dispatched so far has finished, or ctx ends;
@@ -332,7 +309,7 @@ func (s *Scheduler) runJob(ctx context.Context, term Term, j Job) {
 	}
 	now := s.clock.Now()
 	from := now
-	reason := ReasonOverslept
+	reason := fate.Overslept
 	s.setAhead(j.Name, 0)
 	switch {
 	case last.After(now):
@@ -348,7 +325,7 @@ func (s *Scheduler) runJob(ctx context.Context, term Term, j Job) {
 		from = last
 	case !last.IsZero():
 		from = s.catchUpFrom(log, j, last, now)
-		reason = ReasonNoLeader
+		reason = fate.NoLeader
 	}
 	for ctx.Err() == nil {
 		slot := j.Schedule.Next(from.In(j.Location))
@@ -360,13 +337,13 @@ func (s *Scheduler) runJob(ctx context.Context, term Term, j Job) {
 			return
 		}
 		slot, ok = s.latestDue(log, j, slot, reason, term.Token())
-		reason = ReasonOverslept
+		reason = fate.Overslept
 		from = slot
 		if !ok {
 			continue
 		}
 		if rem := term.Remaining(); rem < s.opts.LeaseMargin {
-			s.finish(log, j, LastRun{Slot: slot, Outcome: OutcomeMissed, Reason: ReasonLease, FencingToken: term.Token()})
+			s.finish(log, j, LastRun{Slot: slot, Outcome: fate.Missed, Reason: fate.Lease, FencingToken: term.Token()})
 			continue
 		}
 		won, paused, done := s.claim(ctx, term, j, slot, log)
@@ -382,13 +359,13 @@ func (s *Scheduler) runJob(ctx context.Context, term Term, j Job) {
 			continue
 		}
 		if paused {
-			s.finish(log, j, LastRun{Slot: slot, Outcome: OutcomeSkipped, Reason: ReasonPaused, FencingToken: term.Token()})
+			s.finish(log, j, LastRun{Slot: slot, Outcome: fate.Skipped, Reason: fate.Paused, FencingToken: term.Token()})
 			continue
 		}
 		if rem := term.Remaining(); rem < s.opts.LeaseMargin {
 			// The slot is spent (at most once), but this leader may no
 			// longer act on it.
-			s.finish(log, j, LastRun{Slot: slot, Outcome: OutcomeMissed, Reason: ReasonLease, FencingToken: term.Token()})
+			s.finish(log, j, LastRun{Slot: slot, Outcome: fate.Missed, Reason: fate.Lease, FencingToken: term.Token()})
 			continue
 		}
 		s.dispatch(ctx, term, log, j, slot, "")
@@ -413,11 +390,11 @@ func (s *Scheduler) catchUpFrom(log hclog.Logger, j Job, last, now time.Time) ti
 		// Slots from first up to the window's start are out of reach.
 		// Their exact count is not computed: a per-second job left for
 		// days would take millions of steps.
-		lr := LastRun{Slot: first, Outcome: OutcomeMissed, Reason: ReasonNoLeader}
+		lr := LastRun{Slot: first, Outcome: fate.Missed, Reason: fate.NoLeader}
 		if j.Catchup > 0 {
 			lr.Until = from
 		}
-		log.Warn("slots missed while no sidecar led", "outcome", OutcomeMissed, "reason", ReasonNoLeader,
+		log.Warn("slots missed while no sidecar led", "outcome", fate.Missed, "reason", fate.NoLeader,
 			"first", slotString(first), "catchup", j.Catchup, "last_claimed", slotString(last))
 		s.finish(log, j, lr)
 	}
@@ -449,13 +426,13 @@ func (s *Scheduler) claim(ctx context.Context, term Term, j Job, slot time.Time,
 			return won, paused, false
 		}
 		ended := ctx.Err() != nil
-		missed := LastRun{Slot: slot, Outcome: OutcomeMissed, Reason: ReasonClaimUnknown, FencingToken: term.Token()}
+		missed := LastRun{Slot: slot, Outcome: fate.Missed, Reason: fate.ClaimUnknown, FencingToken: term.Token()}
 		if notApplied(err) {
 			// Certainly not claimed. With the lock lost (ended), the
 			// next leader fires or records the slot.
 			log.Warn("claim slot refused", "slot", slotString(slot), "error", err)
 			if !ended {
-				missed.Reason = ReasonClaim
+				missed.Reason = fate.ClaimFailed
 				s.finish(log, j, missed)
 			}
 			return false, false, ended
@@ -518,7 +495,7 @@ func (s *Scheduler) sleepUntil(ctx context.Context, job string, t time.Time) boo
 // job's catch-up window (or a second, without catch-up). Only the latest
 // due slot ever fires, once; the ones before it are recorded as missed,
 // with reason, rather than fired in a burst.
-func (s *Scheduler) latestDue(log hclog.Logger, j Job, slot time.Time, reason string, token uint64) (time.Time, bool) {
+func (s *Scheduler) latestDue(log hclog.Logger, j Job, slot time.Time, reason fate.Reason, token uint64) (time.Time, bool) {
 	now := s.fleetNow(j.Name)
 	skipped := 0
 	first, prev := slot, slot
@@ -533,7 +510,7 @@ func (s *Scheduler) latestDue(log hclog.Logger, j Job, slot time.Time, reason st
 	late := now.Sub(slot)
 	fire := late <= max(j.Catchup, onTimeGrace)
 	if skipped > 0 || !fire {
-		lr := LastRun{Slot: first, Outcome: OutcomeMissed, Reason: reason, FencingToken: token}
+		lr := LastRun{Slot: first, Outcome: fate.Missed, Reason: reason, FencingToken: token}
 		firing := slotString(slot)
 		if fire {
 			lr.Until = prev
@@ -544,7 +521,7 @@ func (s *Scheduler) latestDue(log hclog.Logger, j Job, slot time.Time, reason st
 		if lr.Until.Equal(lr.Slot) {
 			lr.Until = time.Time{}
 		}
-		log.Warn("slots missed", "outcome", OutcomeMissed, "reason", reason, "count", skipped+boolInt(!fire),
+		log.Warn("slots missed", "outcome", fate.Missed, "reason", reason, "count", skipped+boolInt(!fire),
 			"first", slotString(first), "firing", firing, "late", late.Round(time.Millisecond), "catchup", j.Catchup)
 		s.finish(log, j, lr)
 	}
@@ -560,7 +537,7 @@ func (s *Scheduler) latestDue(log hclog.Logger, j Job, slot time.Time, reason st
 // then is it skipped for overlap.
 func (s *Scheduler) dispatch(ctx context.Context, term Term, log hclog.Logger, j Job, slot time.Time, request string) {
 	runNow := request != ""
-	skipped := LastRun{Slot: slot, Outcome: OutcomeSkipped, Reason: ReasonOverlap, RunNow: runNow, Request: request, FencingToken: term.Token()}
+	skipped := LastRun{Slot: slot, Outcome: fate.Skipped, Reason: fate.Overlap, RunNow: runNow, Request: request, FencingToken: term.Token()}
 	s.mu.Lock()
 	st := s.state[j.Name]
 	busy := !j.AllowOverlap && st.running > 0
@@ -645,10 +622,10 @@ func (s *Scheduler) run(ctx context.Context, term Term, log hclog.Logger, j Job,
 			select {
 			case sem <- struct{}{}:
 			case <-s.clock.After(r.Deadline.Sub(s.clock.Now())):
-				lr.Outcome, lr.Reason = OutcomeSkipped, ReasonGroup
+				lr.Outcome, lr.Reason = fate.Skipped, fate.Group
 				return lr
 			case <-ctx.Done():
-				lr.Outcome, lr.Reason = OutcomeMissed, ReasonEnded
+				lr.Outcome, lr.Reason = fate.Missed, fate.Ended
 				return lr
 			}
 		}
@@ -660,7 +637,7 @@ func (s *Scheduler) run(ctx context.Context, term Term, log hclog.Logger, j Job,
 			// Only a leader with time to spare sends anything; a
 			// retry after the lease ran short keeps the last answer.
 			if attempt == 1 {
-				lr.Outcome, lr.Reason = OutcomeMissed, ReasonLease
+				lr.Outcome, lr.Reason = fate.Missed, fate.Lease
 			}
 			return lr
 		}
@@ -673,8 +650,8 @@ func (s *Scheduler) run(ctx context.Context, term Term, log hclog.Logger, j Job,
 		s.opts.Observer.TriggerDone(j.Name, res.Duration)
 		lr.Outcome, lr.Status, lr.Duration, lr.Attempts = res.Outcome, res.Status, res.Duration, attempt
 		lr.Reason = res.Reason
-		if res.Outcome == OutcomeSkipped {
-			lr.Reason = ReasonOverlap // the app says the job already runs
+		if res.Outcome == fate.Skipped {
+			lr.Reason = fate.Overlap // the app says the job already runs
 		}
 		if !res.Retryable || attempt > j.Retries {
 			if res.Err != nil {
@@ -712,12 +689,12 @@ func (s *Scheduler) finish(log hclog.Logger, j Job, lr LastRun) {
 		fields = append(fields, "http_status", lr.Status, "duration", lr.Duration.Round(time.Millisecond), "attempts", lr.Attempts)
 	}
 	switch lr.Outcome {
-	case OutcomeMissed:
+	case fate.Missed:
 		// logged where the slots were found missed, with more detail
-		if lr.Reason != ReasonNoLeader && lr.Reason != ReasonOverslept {
+		if lr.Reason != fate.NoLeader && lr.Reason != fate.Overslept {
 			log.Warn("slot missed", fields...)
 		}
-	case OutcomeSkipped:
+	case fate.Skipped:
 		log.Info("slot skipped", fields...)
 	default:
 		log.Info("slot finished", fields...)

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/leadercron/leadercron/internal/fate"
 )
 
 // t0 is where the fake clock starts: a multiple of every period used below.
@@ -627,7 +629,7 @@ func TestLeaseShort(t *testing.T) {
 		if cl := h.term.claimCalls(); len(cl) != 0 {
 			t.Fatalf("claimed with a short lease: %v", cl)
 		}
-		checkLast(t, h.status("bill").Last, LastRun{Slot: at(10 * sec), Outcome: OutcomeMissed, Reason: "lease_short"})
+		checkLast(t, h.status("bill").Last, LastRun{Slot: at(10 * sec), Outcome: fate.Missed, Reason: "lease_short"})
 
 		// A lease of exactly the margin is enough.
 		h.term.setRemaining(5 * sec)
@@ -652,7 +654,7 @@ func TestLeaseShort(t *testing.T) {
 		h.clock.waitPending(t, at(10*sec))
 		h.clock.AdvanceTo(at(10 * sec))
 		h.clock.waitPending(t, at(20*sec))
-		checkLast(t, h.status("bill").Last, LastRun{Slot: at(10 * sec), Outcome: OutcomeMissed, Reason: "lease_short"})
+		checkLast(t, h.status("bill").Last, LastRun{Slot: at(10 * sec), Outcome: fate.Missed, Reason: "lease_short"})
 		if got := h.term.getLast("bill"); !got.Equal(at(10 * sec)) {
 			t.Errorf("stored slot = %s, want the spent slot %s", got.UTC(), at(10*sec).UTC())
 		}
@@ -725,7 +727,7 @@ func TestClaimRetry(t *testing.T) {
 		if n := len(h.term.claimCalls()); n != len(wantWaits)+1 {
 			t.Errorf("%d claim attempts, want %d", n, len(wantWaits)+1)
 		}
-		checkLast(t, h.status("sweep").Last, LastRun{Slot: at(10 * sec), Outcome: OutcomeMissed, Reason: ReasonClaimUnknown})
+		checkLast(t, h.status("sweep").Last, LastRun{Slot: at(10 * sec), Outcome: fate.Missed, Reason: fate.ClaimUnknown})
 
 		// Claims work again: the next slot fires.
 		h.term.setClaimErrs(0)
@@ -750,7 +752,7 @@ func TestClaimRetry(t *testing.T) {
 		if n := len(h.term.claimCalls()); n != 1 {
 			t.Errorf("%d claim attempts, want 1", n)
 		}
-		checkLast(t, h.status("sweep").Last, LastRun{Slot: at(10 * sec), Outcome: OutcomeMissed, Reason: ReasonClaimUnknown})
+		checkLast(t, h.status("sweep").Last, LastRun{Slot: at(10 * sec), Outcome: fate.Missed, Reason: fate.ClaimUnknown})
 		if rest := h.finish(); len(rest) != 0 {
 			checkSlots(t, "triggers", rest)
 		}
@@ -793,7 +795,7 @@ func TestClaimRetry(t *testing.T) {
 		h.clock.waitPending(t, at(10*sec))
 		h.clock.AdvanceTo(at(10 * sec))
 		h.clock.waitPending(t, at(20*sec))
-		checkLast(t, h.status("sweep").Last, LastRun{Slot: at(10 * sec), Outcome: OutcomeMissed, Reason: ReasonClaim})
+		checkLast(t, h.status("sweep").Last, LastRun{Slot: at(10 * sec), Outcome: fate.Missed, Reason: fate.ClaimFailed})
 		if n := len(h.term.claimCalls()); n != 1 {
 			t.Errorf("%d claim attempts, want 1", n)
 		}
@@ -833,7 +835,7 @@ func TestClaimRetry(t *testing.T) {
 			if len(rest) != 0 {
 				t.Errorf("unknown: triggers %v, want none", rest)
 			}
-			checkRecorded(t, rec.all(), LastRun{Outcome: OutcomeMissed, Reason: ReasonClaimUnknown, Slot: at(10 * sec)})
+			checkRecorded(t, rec.all(), LastRun{Outcome: fate.Missed, Reason: fate.ClaimUnknown, Slot: at(10 * sec)})
 			if n := len(h.term.claimCalls()); n != 2 {
 				t.Errorf("unknown: %d claim attempts, want 2", n)
 			}
