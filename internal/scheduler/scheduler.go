@@ -149,8 +149,8 @@ type Observer interface {
 type nopObserver struct{}
 
 func (nopObserver) SlotDone(string, fate.Outcome, fate.Reason) {}
-func (nopObserver) TriggerSent(string, time.Duration) {}
-func (nopObserver) TriggerDone(string, time.Duration) {}
+func (nopObserver) TriggerSent(string, time.Duration)          {}
+func (nopObserver) TriggerDone(string, time.Duration)          {}
 
 // Options tunes a Scheduler.
 type Options struct {
