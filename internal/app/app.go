@@ -201,15 +201,13 @@ func Run(ctx context.Context, cfg config.Config, consul *api.Client, log hclog.L
 	var elector electorRunner
 	if consul != nil {
 		elector = leader.New(consul, leader.Options{
-			Key:            cfg.LockKey(),
-			JobsPrefix:     cfg.JobsPrefix(),
-			RequestsPrefix: cfg.KVPrefix + "/requests/",
-			ID:             cfg.ID,
-			Service:        cfg.Service,
-			SessionName:    "leadercron " + cfg.Service + " " + cfg.ID,
-			TTL:            cfg.SessionTTL,
-			LockDelay:      cfg.LockDelay,
-			Metrics:        m,
+			Keys:        cfg.Keys(),
+			ID:          cfg.ID,
+			Service:     cfg.Service,
+			SessionName: "leadercron " + cfg.Service + " " + cfg.ID,
+			TTL:         cfg.SessionTTL,
+			LockDelay:   cfg.LockDelay,
+			Metrics:     m,
 		}, log.Named("leader"))
 	} else {
 		log.Warn("standalone mode: always leader, no fleet-wide guarantees", "lock", config.LockNone)
@@ -226,7 +224,7 @@ func Run(ctx context.Context, cfg config.Config, consul *api.Client, log hclog.L
 		signing = "v1 kid " + signer.KeyID()
 	}
 	log.Info("leadercron started", "version", Version, "service", cfg.Service, "lock", cfg.Lock,
-		"lock_key", cfg.LockKey(), "jobs", len(cfg.Jobs), "listen", ln.Addr().String(), "app_url", cfg.AppURL.String(),
+		"lock_key", cfg.Keys().Lock(), "jobs", len(cfg.Jobs), "listen", ln.Addr().String(), "app_url", cfg.AppURL.String(),
 		"trigger_signature", signing, "admin_token", cfg.AdminToken.IsSet())
 	if !admin.LoopbackOnly(ln.Addr()) && !cfg.AdminToken.IsSet() {
 		log.Warn("admin port reachable beyond loopback and no admin token: POST /handover answers 401 to non-loopback callers",

@@ -24,7 +24,7 @@ func validate(ctx context.Context, env map[string]string, stdout, stderr io.Writ
 	}
 	fmt.Fprintf(stdout, "service %s, id %s, lock %s", cfg.Service, cfg.ID, cfg.Lock)
 	if cfg.Lock == config.LockConsul {
-		fmt.Fprintf(stdout, " (key %s, ttl %s, lock-delay %s)", cfg.LockKey(), cfg.SessionTTL, cfg.LockDelay)
+		fmt.Fprintf(stdout, " (key %s, ttl %s, lock-delay %s)", cfg.Keys().Lock(), cfg.SessionTTL, cfg.LockDelay)
 	}
 	fmt.Fprintf(stdout, "\napp %s, admin %s, drain timeout %s\n", cfg.AppURL, cfg.Listen, cfg.DrainTimeout)
 	fmt.Fprintf(stdout, "shutdown budget %s (drain %s + release %s + session destroy %s + history flush %s + admin shutdown %s):"+

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/leadercron/leadercron/internal/config"
+	"github.com/leadercron/leadercron/internal/kvlayout"
 	"github.com/leadercron/leadercron/internal/ledger"
 )
 
@@ -91,7 +92,7 @@ func fleet(ctx context.Context, cmd string, args []string, env map[string]string
 	var err error
 	switch cmd {
 	case "pause":
-		var p ledger.Paused
+		var p kvlayout.Paused
 		var created bool
 		if p, created, err = store.Pause(ctx, job, by, *reason); err == nil {
 			if created {
@@ -101,7 +102,7 @@ func fleet(ctx context.Context, cmd string, args []string, env map[string]string
 			}
 		}
 	case "resume":
-		var p ledger.Paused
+		var p kvlayout.Paused
 		var was bool
 		if p, was, err = store.Resume(ctx, job); err == nil {
 			if was {
@@ -111,7 +112,7 @@ func fleet(ctx context.Context, cmd string, args []string, env map[string]string
 			}
 		}
 	case "run":
-		var r ledger.Request
+		var r kvlayout.Request
 		var created bool
 		if r, created, err = store.RequestRun(ctx, job, by); err == nil {
 			if created {
@@ -214,7 +215,7 @@ func newStatusView(cfg config.Config, f ledger.Fleet, now time.Time) statusView 
 			delete(f.Jobs, j.Name)
 		}
 		if v.History == nil {
-			v.History = []ledger.Entry{}
+			v.History = []kvlayout.Entry{}
 		}
 		st.Jobs = append(st.Jobs, v)
 	}

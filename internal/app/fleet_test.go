@@ -14,6 +14,7 @@ import (
 	"github.com/leadercron/leadercron/internal/app"
 	"github.com/leadercron/leadercron/internal/consultest"
 	"github.com/leadercron/leadercron/internal/fate"
+	"github.com/leadercron/leadercron/internal/kvlayout"
 	"github.com/leadercron/leadercron/internal/ledger"
 )
 
@@ -94,7 +95,7 @@ func TestFleetCommands(t *testing.T) {
 			t.Fatalf("run = %+v", r)
 		}
 		p := get("requests/report")
-		var req ledger.Request
+		var req kvlayout.Request
 		if p == nil || json.Unmarshal(p.Value, &req) != nil || req.By != "carol" || req.ID == "" {
 			t.Fatalf("request key = %+v", p)
 		}
@@ -122,7 +123,7 @@ func TestFleetCommands(t *testing.T) {
 		ctx := context.Background()
 		store := ledger.New(c, prefix)
 		slot := time.Date(2026, 11, 22, 2, 0, 0, 0, time.UTC)
-		for _, e := range []ledger.Entry{
+		for _, e := range []kvlayout.Entry{
 			{Slot: slot, Outcome: fate.Missed, Reason: "no_leader", At: slot.Add(time.Minute), ID: "web-2"},
 			{Slot: slot.Add(-24 * time.Hour), Outcome: fate.Fired, HTTPStatus: 200, DurationMS: 1500, Attempts: 1, ID: "web-1", At: slot.Add(-24 * time.Hour)},
 		} {
@@ -133,7 +134,7 @@ func TestFleetCommands(t *testing.T) {
 		if _, _, err := store.Pause(ctx, "report", "carol", ""); err != nil {
 			t.Fatal(err)
 		}
-		if err := store.Append(ctx, "retired", ledger.Entry{Slot: slot, Outcome: fate.Fired}); err != nil {
+		if err := store.Append(ctx, "retired", kvlayout.Entry{Slot: slot, Outcome: fate.Fired}); err != nil {
 			t.Fatal(err)
 		}
 
@@ -163,11 +164,11 @@ func TestFleetCommands(t *testing.T) {
 		var st struct {
 			Leader *ledger.Leader `json:"leader"`
 			Jobs   []struct {
-				Name     string         `json:"name"`
-				TZ       string         `json:"tz"`
-				NextSlot *time.Time     `json:"next_slot"`
-				Paused   *ledger.Paused `json:"paused"`
-				History  []ledger.Entry `json:"history"`
+				Name     string           `json:"name"`
+				TZ       string           `json:"tz"`
+				NextSlot *time.Time       `json:"next_slot"`
+				Paused   *kvlayout.Paused `json:"paused"`
+				History  []kvlayout.Entry `json:"history"`
 			} `json:"jobs"`
 			OtherJobs map[string]json.RawMessage `json:"other_jobs"`
 		}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/leadercron/leadercron/internal/kvlayout"
 	"github.com/leadercron/leadercron/internal/ledger"
 	"github.com/leadercron/leadercron/internal/scheduler"
 )
@@ -29,7 +30,7 @@ type historyWriter struct {
 
 type historyItem struct {
 	job string
-	e   ledger.Entry
+	e   kvlayout.Entry
 }
 
 func newHistoryWriter(store *ledger.Store, id string, log hclog.Logger) *historyWriter {
@@ -40,7 +41,7 @@ func newHistoryWriter(store *ledger.Store, id string, log hclog.Logger) *history
 
 // Record implements scheduler.Recorder.
 func (h *historyWriter) Record(job string, r scheduler.LastRun) {
-	e := ledger.Entry{Slot: r.Slot, Outcome: r.Outcome, Reason: r.Reason, HTTPStatus: r.Status,
+	e := kvlayout.Entry{Slot: r.Slot, Outcome: r.Outcome, Reason: r.Reason, HTTPStatus: r.Status,
 		DurationMS: r.Duration.Milliseconds(), Attempts: r.Attempts, FencingToken: r.FencingToken,
 		ID: h.id, RunNow: r.RunNow, Request: r.Request, Until: r.Until, At: time.Now()}
 	h.mu.Lock()

@@ -14,6 +14,7 @@ import (
 	"github.com/leadercron/leadercron/internal/appclient"
 	"github.com/leadercron/leadercron/internal/config"
 	"github.com/leadercron/leadercron/internal/fate"
+	"github.com/leadercron/leadercron/internal/kvlayout"
 	"github.com/leadercron/leadercron/internal/leader"
 	"github.com/leadercron/leadercron/internal/ledger"
 	"github.com/leadercron/leadercron/internal/metrics"
@@ -180,7 +181,7 @@ func (s *sidecar) watchRequests(ctx context.Context, term *leader.Term) {
 // cut short by the leadership ending (see leader.Term.TakeRequest), and a
 // request taken as it ends still fires inside the drain: a request is
 // never used up without firing or a record saying why.
-func (s *sidecar) takeRequest(ctx context.Context, term *leader.Term, r ledger.Request) {
+func (s *sidecar) takeRequest(ctx context.Context, term *leader.Term, r kvlayout.Request) {
 	took, err := term.TakeRequest(ctx, r.Job, r.ModifyIndex)
 	switch {
 	case err != nil && leader.NotApplied(err):
@@ -254,7 +255,7 @@ func (s *sidecar) status() admin.Status {
 		}
 		if fleet != nil {
 			paused := false
-			history := []ledger.Entry{}
+			history := []kvlayout.Entry{}
 			if kv := fleet.Jobs[j.Name]; kv != nil {
 				paused = kv.Paused != nil
 				history = kv.History[:min(len(kv.History), statusHistory)]

@@ -14,6 +14,8 @@ import (
 
 	"github.com/caarlos0/env/v11"
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/leadercron/leadercron/internal/kvlayout"
 )
 
 // Lock modes accepted in LEADERCRON_LOCK.
@@ -58,11 +60,8 @@ type Config struct {
 	AdminToken    Secret
 }
 
-// LockKey is the Consul key the sidecars compete for.
-func (c Config) LockKey() string { return c.KVPrefix + "/leader" }
-
-// JobsPrefix is the Consul KV folder that holds per-job state.
-func (c Config) JobsPrefix() string { return c.KVPrefix + "/jobs/" }
+// Keys is the fleet's Consul KV layout, under KVPrefix.
+func (c Config) Keys() kvlayout.Layout { return kvlayout.New(c.KVPrefix) }
 
 // Defaults are values that the caller discovered (for example from the ECS
 // task metadata endpoint) and that apply when the variable is not set.

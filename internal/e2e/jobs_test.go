@@ -18,6 +18,7 @@ import (
 
 	"github.com/leadercron/leadercron/internal/consultest"
 	"github.com/leadercron/leadercron/internal/fate"
+	"github.com/leadercron/leadercron/internal/kvlayout"
 	"github.com/leadercron/leadercron/internal/ledger"
 )
 
@@ -179,7 +180,7 @@ func waitStatus(t *testing.T, s *sidecar, timeout time.Duration, what string, co
 
 func isLeader(v map[string]any) bool { b, _ := v["leader"].(bool); return b }
 
-func historyOf(t *testing.T, c *api.Client, job string) []ledger.Entry {
+func historyOf(t *testing.T, c *api.Client, job string) []kvlayout.Entry {
 	t.Helper()
 	list, err := ledger.New(c, jobsPrefix).History(context.Background(), job)
 	if err != nil {
@@ -188,7 +189,7 @@ func historyOf(t *testing.T, c *api.Client, job string) []ledger.Entry {
 	return list
 }
 
-func waitHistory(t *testing.T, c *api.Client, job string, timeout time.Duration, what string, cond func([]ledger.Entry) bool) []ledger.Entry {
+func waitHistory(t *testing.T, c *api.Client, job string, timeout time.Duration, what string, cond func([]kvlayout.Entry) bool) []kvlayout.Entry {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -203,7 +204,7 @@ func waitHistory(t *testing.T, c *api.Client, job string, timeout time.Duration,
 	}
 }
 
-func hasEntry(list []ledger.Entry, outcome fate.Outcome, reason fate.Reason) bool {
+func hasEntry(list []kvlayout.Entry, outcome fate.Outcome, reason fate.Reason) bool {
 	for _, e := range list {
 		if e.Outcome == outcome && e.Reason == reason {
 			return true
@@ -267,10 +268,10 @@ func TestRetriesOverlapAndGroups(t *testing.T) {
 	if v := app.violations(); len(v) != 0 {
 		t.Errorf("the app saw overlapping runs: %v", v)
 	}
-	waitHistory(t, c, "flaky", 10*time.Second, "a fired entry after 3 attempts", func(l []ledger.Entry) bool {
+	waitHistory(t, c, "flaky", 10*time.Second, "a fired entry after 3 attempts", func(l []kvlayout.Entry) bool {
 		return len(l) > 0 && l[0].Outcome == "fired" && l[0].Attempts == 3
 	})
-	waitHistory(t, c, "slow", 10*time.Second, "a slot skipped for overlap", func(l []ledger.Entry) bool {
+	waitHistory(t, c, "slow", 10*time.Second, "a slot skipped for overlap", func(l []kvlayout.Entry) bool {
 		return hasEntry(l, "skipped", "overlap")
 	})
 	checkNoDuplicateSlots(t, evs)
@@ -305,7 +306,7 @@ func TestPauseResumeAndRunNow(t *testing.T) {
 
 	runCmd(t, agent, jobs, "pause", "-reason", "e2e", "tick")
 	paused := time.Now()
-	waitHistory(t, c, "tick", 10*time.Second, "a slot skipped as paused", func(l []ledger.Entry) bool {
+	waitHistory(t, c, "tick", 10*time.Second, "a slot skipped as paused", func(l []kvlayout.Entry) bool {
 		return hasEntry(l, "skipped", "paused")
 	})
 	// /status shows the pause and the KV history too.
@@ -364,14 +365,14 @@ func TestPauseResumeAndRunNow(t *testing.T) {
 	if n != 1 {
 		t.Errorf("nightly fired %d times for one run request (%s), want 1", n, strings.TrimSpace(out))
 	}
-	waitHistory(t, c, "nightly", 10*time.Second, "the run-now recorded", func(l []ledger.Entry) bool {
+	waitHistory(t, c, "nightly", 10*time.Second, "the run-now recorded", func(l []kvlayout.Entry) bool {
 		return len(l) == 1 && l[0].RunNow && l[0].Outcome == "fired"
 	})
 
 	var status struct {
 		Jobs []struct {
-			Name    string         `json:"name"`
-			History []ledger.Entry `json:"history"`
+			Name    string           `json:"name"`
+			History []kvlayout.Entry `json:"history"`
 		} `json:"jobs"`
 	}
 	raw := runCmd(t, agent, jobs, "status", "-json")

@@ -14,6 +14,7 @@ import (
 
 	"github.com/leadercron/leadercron/internal/consultest"
 	"github.com/leadercron/leadercron/internal/fate"
+	"github.com/leadercron/leadercron/internal/kvlayout"
 	"github.com/leadercron/leadercron/internal/leader"
 	"github.com/leadercron/leadercron/internal/scheduler"
 )
@@ -133,8 +134,7 @@ func TestClockSkew(t *testing.T) {
 			Recorder:    historyRecorder{id, h, clock},
 		})
 		in.el = leader.New(consultest.Client(t, agent.Addr), leader.Options{
-			Key:         lockKey,
-			JobsPrefix:  "leadercron/faults/jobs/",
+			Keys:        kvlayout.New("leadercron/faults"),
 			ID:          id,
 			SessionName: "faults " + id,
 			TTL:         ttl,

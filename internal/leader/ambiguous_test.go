@@ -276,12 +276,12 @@ func TestCancelledAcquireReleasesWithoutLockDelay(t *testing.T) {
 		t.Fatal("no acquire within 10s")
 	}
 	// The acquire has been applied; its answer waits for the context.
-	waitHolder(t, direct, opts.Key, func(s string) bool { return s != "" })
+	waitHolder(t, direct, opts.Keys.Lock(), func(s string) bool { return s != "" })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run = %v", err)
 	}
-	if h := holder(t, direct, opts.Key); h != "" {
+	if h := holder(t, direct, opts.Keys.Lock()); h != "" {
 		t.Fatalf("key still held by %s after the standby stopped", h)
 	}
 	// A new session acquires at once: no lock-delay is in force.
@@ -290,7 +290,7 @@ func TestCancelledAcquireReleasesWithoutLockDelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _, _ = direct.Session().Destroy(sess, nil) }()
-	ok, _, err := direct.KV().Acquire(&api.KVPair{Key: opts.Key, Session: sess}, nil)
+	ok, _, err := direct.KV().Acquire(&api.KVPair{Key: opts.Keys.Lock(), Session: sess}, nil)
 	if err != nil || !ok {
 		t.Fatalf("acquire right after the standby stopped = %v, %v; want true (no lock-delay)", ok, err)
 	}

@@ -11,20 +11,18 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/leadercron/leadercron/internal/kvlayout"
 	"github.com/leadercron/leadercron/internal/metrics"
 )
 
 // Options configures an Elector.
 type Options struct {
-	Key        string // the lock key, <prefix>/leader
-	JobsPrefix string // folder of per-job state, <prefix>/jobs/
-	// RequestsPrefix is the folder of run-now requests, <prefix>/requests/.
-	RequestsPrefix string
-	ID             string        // this sidecar's identity, stored in the key and in claims
-	Service        string        // the fleet's name, stored in the key
-	SessionName    string        // shown in Consul's session list
-	TTL            time.Duration // session TTL
-	LockDelay      time.Duration // session lock-delay
+	Keys        kvlayout.Layout // the fleet's keys: the lock, the claims, the run-now requests
+	ID          string          // this sidecar's identity, stored in the key and in claims
+	Service     string          // the fleet's name, stored in the key
+	SessionName string          // shown in Consul's session list
+	TTL         time.Duration   // session TTL
+	LockDelay   time.Duration   // session lock-delay
 
 	// WaitTime bounds one blocking query; keep it under any load
 	// balancer's idle timeout. Default 30s.
@@ -147,7 +145,7 @@ func (e *Elector) Run(ctx context.Context, lead func(context.Context, *Term) err
 				return nil
 			}
 			e.opts.Metrics.ConsulError(metrics.OpWatch)
-			e.log.Warn("read lock key failed", "key", e.opts.Key, "error", err)
+			e.log.Warn("read lock key failed", "key", e.opts.Keys.Lock(), "error", err)
 			index = 0
 			if !pause() {
 				return nil
@@ -199,9 +197,9 @@ func (e *Elector) Run(ctx context.Context, lead func(context.Context, *Term) err
 			}
 			if !errors.Is(err, errLockDelay) && !errors.Is(err, errHeld) {
 				e.opts.Metrics.ConsulError(metrics.OpAcquire)
-				e.log.Warn("acquire lock failed", "key", e.opts.Key, "error", err)
+				e.log.Warn("acquire lock failed", "key", e.opts.Keys.Lock(), "error", err)
 			} else {
-				e.log.Debug("lock not acquired", "key", e.opts.Key, "reason", err)
+				e.log.Debug("lock not acquired", "key", e.opts.Keys.Lock(), "reason", err)
 			}
 			// Ask again at once on the next round; while a
 			// lock-delay holds the free key no blocking query would
@@ -233,9 +231,9 @@ func (e *Elector) watch(ctx context.Context, index uint64) (string, uint64, erro
 	q := &api.QueryOptions{WaitIndex: index, WaitTime: e.opts.WaitTime}
 	rctx, cancel := context.WithTimeout(ctx, e.opts.WaitTime+e.opts.WaitTime/16+e.opts.requestTimeout())
 	defer cancel()
-	pair, meta, err := e.client.KV().Get(e.opts.Key, q.WithContext(rctx))
+	pair, meta, err := e.client.KV().Get(e.opts.Keys.Lock(), q.WithContext(rctx))
 	if err != nil {
-		return "", 0, fmt.Errorf("get %s: %w", e.opts.Key, err)
+		return "", 0, fmt.Errorf("get %s: %w", e.opts.Keys.Lock(), err)
 	}
 	next := meta.LastIndex
 	if next < index { // the index went backwards (snapshot restore): start over
@@ -252,29 +250,22 @@ var (
 	errHeld      = errors.New("lock held by another session")
 )
 
-// LockValue is the JSON value of the lock key while a sidecar holds it.
-type LockValue struct {
-	ID      string    `json:"id"`
-	Service string    `json:"service"`
-	Since   time.Time `json:"since"` // when this leadership began
-}
-
 // acquire takes the lock key for s in one Txn that also reads the key back,
 // so the fencing token is the index of the acquiring write itself.
 func (e *Elector) acquire(ctx context.Context, s *session) (uint64, error) {
-	value, err := json.Marshal(LockValue{ID: e.opts.ID, Service: e.opts.Service, Since: time.Now().UTC()})
+	value, err := json.Marshal(kvlayout.LockValue{ID: e.opts.ID, Service: e.opts.Service, Since: time.Now().UTC()})
 	if err != nil {
-		return 0, fmt.Errorf("acquire %s: encode value: %w", e.opts.Key, err)
+		return 0, fmt.Errorf("acquire %s: encode value: %w", e.opts.Keys.Lock(), err)
 	}
 	ops := api.TxnOps{
-		{KV: &api.KVTxnOp{Verb: api.KVLock, Key: e.opts.Key, Value: value, Session: s.id}},
-		{KV: &api.KVTxnOp{Verb: api.KVGet, Key: e.opts.Key}},
+		{KV: &api.KVTxnOp{Verb: api.KVLock, Key: e.opts.Keys.Lock(), Value: value, Session: s.id}},
+		{KV: &api.KVTxnOp{Verb: api.KVGet, Key: e.opts.Keys.Lock()}},
 	}
 	rctx, cancel := context.WithTimeout(ctx, e.opts.renewTimeout())
 	defer cancel()
 	ok, resp, _, err := e.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(rctx))
 	if err != nil {
-		return 0, fmt.Errorf("acquire %s: %w", e.opts.Key, err)
+		return 0, fmt.Errorf("acquire %s: %w", e.opts.Keys.Lock(), err)
 	}
 	if !ok {
 		for _, te := range resp.Errors {
@@ -284,7 +275,7 @@ func (e *Elector) acquire(ctx context.Context, s *session) (uint64, error) {
 			if denied(te.What) {
 				// Not a race lost: the token cannot write the key.
 				// Reported as a Consul error, at warn level.
-				return 0, fmt.Errorf("acquire %s: %s", e.opts.Key, te.What)
+				return 0, fmt.Errorf("acquire %s: %s", e.opts.Keys.Lock(), te.What)
 			}
 		}
 		if len(resp.Errors) > 0 {
@@ -293,7 +284,7 @@ func (e *Elector) acquire(ctx context.Context, s *session) (uint64, error) {
 		return 0, errHeld
 	}
 	if len(resp.Results) < 2 || resp.Results[1].KV == nil || resp.Results[1].KV.Session != s.id {
-		return 0, fmt.Errorf("acquire %s: txn did not return the held key", e.opts.Key)
+		return 0, fmt.Errorf("acquire %s: txn did not return the held key", e.opts.Keys.Lock())
 	}
 	return resp.Results[1].KV.ModifyIndex, nil
 }
@@ -307,7 +298,7 @@ func (e *Elector) hold(ctx context.Context, s *session, token uint64, lead func(
 
 	term := newConsulTerm(e, s, token)
 	log := e.log.With("fencing_token", token)
-	log.Info("leadership acquired", "key", e.opts.Key, "session", s.id, "lease_remaining", s.remaining().Round(time.Millisecond))
+	log.Info("leadership acquired", "key", e.opts.Keys.Lock(), "session", s.id, "lease_remaining", s.remaining().Round(time.Millisecond))
 
 	monitored := make(chan struct{})
 	go func() {
@@ -333,7 +324,7 @@ func (e *Elector) hold(ctx context.Context, s *session, token uint64, lead func(
 	}
 	e.release(s, false)
 	s.destroy()
-	log.Info("leadership released", "key", e.opts.Key)
+	log.Info("leadership released", "key", e.opts.Keys.Lock())
 	return false, nil
 }
 
@@ -346,14 +337,14 @@ func (e *Elector) monitor(ctx context.Context, s *session) {
 	for ctx.Err() == nil {
 		q := &api.QueryOptions{WaitIndex: index, WaitTime: e.opts.WaitTime, RequireConsistent: true}
 		rctx, cancel := context.WithTimeout(ctx, e.opts.WaitTime+e.opts.WaitTime/16+e.opts.requestTimeout())
-		pair, meta, err := e.client.KV().Get(e.opts.Key, q.WithContext(rctx))
+		pair, meta, err := e.client.KV().Get(e.opts.Keys.Lock(), q.WithContext(rctx))
 		cancel()
 		if ctx.Err() != nil {
 			return
 		}
 		if err != nil {
 			e.opts.Metrics.ConsulError(metrics.OpMonitor)
-			e.log.Warn("monitor lock key failed", "key", e.opts.Key, "error", err)
+			e.log.Warn("monitor lock key failed", "key", e.opts.Keys.Lock(), "error", err)
 			index = 0
 			t := time.NewTimer(e.opts.RetryInterval)
 			select {
@@ -387,15 +378,15 @@ func (e *Elector) monitor(ctx context.Context, s *session) {
 func (e *Elector) release(s *session, maybe bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), FinalRequestTimeout)
 	defer cancel()
-	ok, _, err := e.client.KV().Release(&api.KVPair{Key: e.opts.Key, Session: s.id}, (&api.WriteOptions{}).WithContext(ctx))
+	ok, _, err := e.client.KV().Release(&api.KVPair{Key: e.opts.Keys.Lock(), Session: s.id}, (&api.WriteOptions{}).WithContext(ctx))
 	switch {
 	case err != nil:
 		e.opts.Metrics.ConsulError(metrics.OpRelease)
-		e.log.Warn("release lock failed", "key", e.opts.Key, "error", err)
+		e.log.Warn("release lock failed", "key", e.opts.Keys.Lock(), "error", err)
 	case ok && maybe:
-		e.log.Info("released a lock acquired as the campaign ended", "key", e.opts.Key)
+		e.log.Info("released a lock acquired as the campaign ended", "key", e.opts.Keys.Lock())
 	case !ok && !maybe:
-		e.log.Warn("release lock refused: key not held by this session", "key", e.opts.Key)
+		e.log.Warn("release lock refused: key not held by this session", "key", e.opts.Keys.Lock())
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/leadercron/leadercron/internal/consultest"
+	"github.com/leadercron/leadercron/internal/kvlayout"
 	"github.com/leadercron/leadercron/internal/leader"
 	"github.com/leadercron/leadercron/internal/metrics"
 )
@@ -30,15 +31,13 @@ const (
 
 func options(id string) leader.Options {
 	return leader.Options{
-		Key:            "leadercron/test/leader",
-		JobsPrefix:     "leadercron/test/jobs/",
-		RequestsPrefix: "leadercron/test/requests/",
-		ID:             id,
-		SessionName:    "leadercron test " + id,
-		TTL:            ttl,
-		LockDelay:      lockDelay,
-		WaitTime:       10 * time.Second,
-		RetryInterval:  100 * time.Millisecond,
+		Keys:          kvlayout.New("leadercron/test"),
+		ID:            id,
+		SessionName:   "leadercron test " + id,
+		TTL:           ttl,
+		LockDelay:     lockDelay,
+		WaitTime:      10 * time.Second,
+		RetryInterval: 100 * time.Millisecond,
 	}
 }
 
@@ -176,7 +175,7 @@ func TestSessionDestroyedEndsLeadership(t *testing.T) {
 	a := campaign(t, c, options("a"))
 	waitTerm(t, a, 10*time.Second)
 
-	sess := holder(t, c, options("a").Key)
+	sess := holder(t, c, options("a").Keys.Lock())
 	if _, err := c.Session().Destroy(sess, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -311,7 +310,7 @@ func TestClaims(t *testing.T) {
 	}
 
 	// A session that no longer holds the lock cannot claim.
-	if _, err := c.Session().Destroy(holder(t, c, options("a").Key), nil); err != nil {
+	if _, err := c.Session().Destroy(holder(t, c, options("a").Keys.Lock()), nil); err != nil {
 		t.Fatal(err)
 	}
 	got, _, err := term.Claim(ctx, "other-job", slot)
@@ -346,11 +345,11 @@ func TestLockValueIsJSON(t *testing.T) {
 	before := time.Now().Add(-time.Second)
 	a := campaign(t, c, opts)
 	waitTerm(t, a, 10*time.Second)
-	pair, _, err := c.KV().Get(opts.Key, nil)
+	pair, _, err := c.KV().Get(opts.Keys.Lock(), nil)
 	if err != nil || pair == nil {
 		t.Fatalf("read lock key: %v", err)
 	}
-	var v leader.LockValue
+	var v kvlayout.LockValue
 	if err := json.Unmarshal(pair.Value, &v); err != nil {
 		t.Fatalf("lock value %q is not JSON: %v", pair.Value, err)
 	}

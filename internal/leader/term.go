@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/leadercron/leadercron/internal/kvlayout"
 	"github.com/leadercron/leadercron/internal/metrics"
 )
 
@@ -99,14 +100,6 @@ type slotStore interface {
 	take(ctx context.Context, job string, index uint64) (bool, error)
 }
 
-// claimRecord is the JSON value of <prefix>/jobs/<job>/last.
-type claimRecord struct {
-	Slot         time.Time `json:"slot"`
-	FencingToken uint64    `json:"fencing_token"`
-	ID           string    `json:"id"`
-	ClaimedAt    time.Time `json:"claimed_at"`
-}
-
 // consulSlots claims slots in Consul KV under the session's lock.
 type consulSlots struct {
 	e    *Elector
@@ -119,7 +112,7 @@ type consulSlots struct {
 }
 
 type claimState struct {
-	rec    claimRecord
+	rec    kvlayout.Claim
 	index  uint64 // ModifyIndex of the record, 0 if absent
 	paused bool   // the job's pause flag, as of the same read
 }
@@ -148,9 +141,6 @@ func (c *consulSlots) acquire(ctx context.Context) error {
 
 func (c *consulSlots) release() { <-c.inflight }
 
-func (c *consulSlots) key(job string) string    { return c.e.opts.JobsPrefix + job + "/last" }
-func (c *consulSlots) folder(job string) string { return c.e.opts.JobsPrefix + job + "/" }
-
 // read lists the job's folder with a consistent read: its last claimed
 // slot and its pause flag.
 func (c *consulSlots) read(ctx context.Context, job string) (claimState, error) {
@@ -160,7 +150,7 @@ func (c *consulSlots) read(ctx context.Context, job string) (claimState, error) 
 	defer c.release()
 	rctx, cancel := context.WithTimeout(ctx, c.e.opts.requestTimeout())
 	defer cancel()
-	pairs, _, err := c.e.client.KV().List(c.folder(job), (&api.QueryOptions{RequireConsistent: true}).WithContext(rctx))
+	pairs, _, err := c.e.client.KV().List(c.e.opts.Keys.JobFolder(job), (&api.QueryOptions{RequireConsistent: true}).WithContext(rctx))
 	if err != nil {
 		c.e.opts.Metrics.ConsulError(metrics.OpReadSlot)
 		return claimState{}, fmt.Errorf("read last slot of %s: %w", job, err)
@@ -168,12 +158,12 @@ func (c *consulSlots) read(ctx context.Context, job string) (claimState, error) 
 	var st claimState
 	for _, p := range pairs {
 		switch p.Key {
-		case c.key(job):
+		case c.e.opts.Keys.Claim(job):
 			if err := json.Unmarshal(p.Value, &st.rec); err != nil {
 				return claimState{}, fmt.Errorf("read last slot of %s: decode %s: %w", job, p.Key, err)
 			}
 			st.index = p.ModifyIndex
-		case c.folder(job) + "paused":
+		case c.e.opts.Keys.JobFolder(job) + "paused":
 			st.paused = true
 		}
 	}
@@ -256,7 +246,7 @@ func (c *consulSlots) markWon(job string, slot time.Time) {
 // is a refusedError (or ErrNotLeader), and a transport error is unknown.
 func (c *consulSlots) txn(ctx context.Context, job string, slot time.Time, token, index uint64) (won, paused bool, err error) {
 	op := "claim " + job + "@" + slot.Format(time.RFC3339)
-	rec := claimRecord{Slot: slot, FencingToken: token, ID: c.e.opts.ID, ClaimedAt: time.Now().UTC()}
+	rec := kvlayout.Claim{Slot: slot, FencingToken: token, ID: c.e.opts.ID, ClaimedAt: time.Now().UTC()}
 	value, err := json.Marshal(rec)
 	if err != nil {
 		return false, false, fmt.Errorf("%s: encode: %w", op, err)
@@ -266,9 +256,9 @@ func (c *consulSlots) txn(ctx context.Context, job string, slot time.Time, token
 	}
 	defer c.release()
 	ops := api.TxnOps{
-		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: c.e.opts.Key, Session: c.sess.id}},
-		{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: c.key(job), Value: value, Index: index}},
-		{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: c.folder(job)}},
+		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: c.e.opts.Keys.Lock(), Session: c.sess.id}},
+		{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: c.e.opts.Keys.Claim(job), Value: value, Index: index}},
+		{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: c.e.opts.Keys.JobFolder(job)}},
 	}
 	rctx, cancel := context.WithTimeout(ctx, c.e.opts.requestTimeout())
 	defer cancel()
@@ -286,7 +276,7 @@ func (c *consulSlots) txn(ctx context.Context, job string, slot time.Time, token
 		st.index = resp.Results[1].KV.ModifyIndex
 	}
 	for _, r := range resp.Results[min(2, len(resp.Results)):] {
-		if r.KV != nil && r.KV.Key == c.folder(job)+"paused" {
+		if r.KV != nil && r.KV.Key == c.e.opts.Keys.Paused(job) {
 			st.paused = true
 		}
 	}
@@ -327,9 +317,9 @@ func (c *consulSlots) txnFailed(op string, resp *api.TxnResponse, raceOp int) er
 
 func (c *consulSlots) take(ctx context.Context, job string, index uint64) (bool, error) {
 	op := "take run request of " + job
-	key := c.e.opts.RequestsPrefix + job
+	key := c.e.opts.Keys.Request(job)
 	ops := api.TxnOps{
-		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: c.e.opts.Key, Session: c.sess.id}},
+		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: c.e.opts.Keys.Lock(), Session: c.sess.id}},
 		// delete-cas alone succeeds on a missing key: check-index
 		// fails unless the request is there, at index.
 		{KV: &api.KVTxnOp{Verb: api.KVCheckIndex, Key: key, Index: index}},

@@ -2,13 +2,9 @@
 // Consul KV: pauses, run-now requests and each job's slot history, and reads
 // it all back for `leadercron status`.
 //
-// Layout, under the configuration's KV prefix P:
-//
-//	P/leader                  the lock (written by package leader): {"id","service"}, Session = holder
-//	P/jobs/<job>/last         the slot claim record (written by package leader)
-//	P/jobs/<job>/paused       present = paused: {"by","at","reason"}
-//	P/requests/<job>          a pending run-now request: {"id","by","at"}
-//	P/history/<job>           the last MaxHistory slot fates, newest slot first
+// The keys and the records are kvlayout's; this package reads and writes
+// P/jobs/<job>/paused, P/requests/<job> and P/history/<job>, and reads the
+// rest for Snapshot.
 //
 // Guarantees:
 //

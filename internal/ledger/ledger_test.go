@@ -15,6 +15,7 @@ import (
 
 	"github.com/leadercron/leadercron/internal/consultest"
 	"github.com/leadercron/leadercron/internal/fate"
+	"github.com/leadercron/leadercron/internal/kvlayout"
 	"github.com/leadercron/leadercron/internal/ledger"
 )
 
@@ -62,8 +63,8 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
-func entry(i int) ledger.Entry {
-	return ledger.Entry{Slot: t0.Add(time.Duration(i) * time.Minute), Outcome: fate.Fired, HTTPStatus: 200,
+func entry(i int) kvlayout.Entry {
+	return kvlayout.Entry{Slot: t0.Add(time.Duration(i) * time.Minute), Outcome: fate.Fired, HTTPStatus: 200,
 		DurationMS: int64(i), Attempts: 1, FencingToken: 7, ID: "a", At: t0.Add(time.Duration(i)*time.Minute + time.Second)}
 }
 
@@ -161,7 +162,7 @@ func TestLedger(t *testing.T) {
 		}
 		// An old slot recorded late falls off; a retried Append is not
 		// stored twice; a slot between others lands in order.
-		for _, e := range []ledger.Entry{entry(0), entry(55), entry(30)} {
+		for _, e := range []kvlayout.Entry{entry(0), entry(55), entry(30)} {
 			if err := s.Append(ctx, "job", e); err != nil {
 				t.Fatal(err)
 			}
@@ -241,16 +242,16 @@ func TestLedger(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ok, _, _, err := c.Txn().Txn(consumeOps(s, sess, r1), nil); err != nil || ok {
+		if ok, _, _, err := c.Txn().Txn(consumeOps(kvlayout.New(p), sess, r1), nil); err != nil || ok {
 			t.Fatalf("consume without the lock = %v, %v; want refused", ok, err)
 		}
-		if ok, _, err := c.KV().Acquire(&api.KVPair{Key: s.LockKey(), Value: []byte(`{"id":"a"}`), Session: sess}, nil); err != nil || !ok {
+		if ok, _, err := c.KV().Acquire(&api.KVPair{Key: kvlayout.New(p).Lock(), Value: []byte(`{"id":"a"}`), Session: sess}, nil); err != nil || !ok {
 			t.Fatalf("acquire = %v, %v", ok, err)
 		}
-		if ok, resp, _, err := c.Txn().Txn(consumeOps(s, sess, r1), nil); err != nil || !ok {
+		if ok, resp, _, err := c.Txn().Txn(consumeOps(kvlayout.New(p), sess, r1), nil); err != nil || !ok {
 			t.Fatalf("consume = %v, %+v, %v", ok, resp, err)
 		}
-		if ok, _, _, err := c.Txn().Txn(consumeOps(s, sess, r1), nil); err != nil || ok {
+		if ok, _, _, err := c.Txn().Txn(consumeOps(kvlayout.New(p), sess, r1), nil); err != nil || ok {
 			t.Fatalf("second consume of the same request = %v, %v; want refused", ok, err)
 		}
 		reqs, _, err := s.Requests(ctx, 0)
@@ -262,7 +263,7 @@ func TestLedger(t *testing.T) {
 		if err != nil || !created || r3.ID == r1.ID {
 			t.Fatalf("RequestRun after consume = %+v, %v, %v", r3, created, err)
 		}
-		if ok, _, _, err := c.Txn().Txn(consumeOps(s, sess, r1), nil); err != nil || ok {
+		if ok, _, _, err := c.Txn().Txn(consumeOps(kvlayout.New(p), sess, r1), nil); err != nil || ok {
 			t.Fatalf("consuming the old request consumed the new one: %v, %v", ok, err)
 		}
 	})
@@ -294,7 +295,7 @@ func TestLedger(t *testing.T) {
 		}
 		h.mu.Unlock()
 		type result struct {
-			reqs []ledger.Request
+			reqs []kvlayout.Request
 			idx  uint64
 			err  error
 			took time.Duration
@@ -384,7 +385,7 @@ func TestLedger(t *testing.T) {
 	})
 }
 
-func slots(list []ledger.Entry) string {
+func slots(list []kvlayout.Entry) string {
 	parts := make([]string, len(list))
 	for i, e := range list {
 		parts[i] = fmt.Sprint(int(e.Slot.Sub(t0) / time.Minute))
@@ -396,10 +397,10 @@ func slots(list []ledger.Entry) string {
 // package does not import the leader): check-session on the lock key,
 // check-index and delete-cas at the request's ModifyIndex. The check-index
 // is needed: delete-cas alone succeeds when the key is already gone.
-func consumeOps(s *ledger.Store, session string, r ledger.Request) api.TxnOps {
-	key := s.RequestKey(r.Job)
+func consumeOps(keys kvlayout.Layout, session string, r kvlayout.Request) api.TxnOps {
+	key := keys.Request(r.Job)
 	return api.TxnOps{
-		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: s.LockKey(), Session: session}},
+		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: keys.Lock(), Session: session}},
 		{KV: &api.KVTxnOp{Verb: api.KVCheckIndex, Key: key, Index: r.ModifyIndex}},
 		{KV: &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: key, Index: r.ModifyIndex}},
 	}

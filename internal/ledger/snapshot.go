@@ -5,10 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/leadercron/leadercron/internal/kvlayout"
 )
 
 // Fleet is everything `leadercron status` shows that lives in Consul.
@@ -40,29 +41,21 @@ type Leader struct {
 	TTL         string `json:"ttl,omitempty"`
 }
 
-// Claim is the slot claim record in P/jobs/<job>/last.
-type Claim struct {
-	Slot         time.Time `json:"slot"`
-	FencingToken uint64    `json:"fencing_token"`
-	ID           string    `json:"id"`
-	ClaimedAt    time.Time `json:"claimed_at"`
-}
-
 // JobState is one job's state in KV.
 type JobState struct {
-	Last    *Claim   `json:"last,omitempty"`
-	Paused  *Paused  `json:"paused,omitempty"`
-	Request *Request `json:"request,omitempty"`
-	History []Entry  `json:"history"`
+	Last    *kvlayout.Claim   `json:"last,omitempty"`
+	Paused  *kvlayout.Paused  `json:"paused,omitempty"`
+	Request *kvlayout.Request `json:"request,omitempty"`
+	History []kvlayout.Entry  `json:"history"`
 }
 
 // Snapshot reads the fleet's state: one recursive read of the prefix
 // (leader key, P/jobs/, P/requests/, P/history/) and, when the lock is
 // held, one read of the holder's session.
 func (s *Store) Snapshot(ctx context.Context) (Fleet, error) {
-	pairs, meta, err := s.kv.List(s.prefix+"/", qopts(ctx))
+	pairs, meta, err := s.kv.List(s.keys.Root(), qopts(ctx))
 	if err != nil {
-		return Fleet{}, fmt.Errorf("snapshot: list %s/: %w", s.prefix, err)
+		return Fleet{}, fmt.Errorf("snapshot: list %s: %w", s.keys.Root(), err)
 	}
 	f := Fleet{Jobs: map[string]*JobState{}, Index: meta.LastIndex}
 	job := func(name string) *JobState {
@@ -77,55 +70,47 @@ func (s *Store) Snapshot(ctx context.Context) (Fleet, error) {
 		f.Problems = append(f.Problems, fmt.Sprintf("%s: %v", p.Key, err))
 	}
 	for _, p := range pairs {
-		rest := strings.TrimPrefix(p.Key, s.prefix+"/")
-		switch {
-		case rest == "leader":
+		kind, name := s.keys.Parse(p.Key)
+		switch kind {
+		case kvlayout.KindLock:
 			if p.Session == "" {
 				continue
 			}
-			var v struct {
-				ID      string     `json:"id"`
-				Service string     `json:"service"`
-				Since   *time.Time `json:"since"`
-			}
+			var v kvlayout.LockValue
 			if err := json.Unmarshal(p.Value, &v); err != nil {
 				bad(p, err)
 			}
-			f.Leader = &Leader{ID: v.ID, Service: v.Service, Since: v.Since, FencingToken: p.ModifyIndex, Session: p.Session}
-		case strings.HasPrefix(rest, "jobs/"):
-			name, leaf, ok := strings.Cut(strings.TrimPrefix(rest, "jobs/"), "/")
-			if !ok {
+			f.Leader = &Leader{ID: v.ID, Service: v.Service, FencingToken: p.ModifyIndex, Session: p.Session}
+			if !v.Since.IsZero() {
+				f.Leader.Since = &v.Since
+			}
+		case kvlayout.KindClaim:
+			var c kvlayout.Claim
+			if err := json.Unmarshal(p.Value, &c); err != nil {
+				bad(p, err)
 				continue
 			}
-			switch leaf {
-			case "last":
-				var c Claim
-				if err := json.Unmarshal(p.Value, &c); err != nil {
-					bad(p, err)
-					continue
-				}
-				job(name).Last = &c
-			case "paused":
-				pz, err := DecodePaused(p.Value)
-				if err != nil {
-					bad(p, err) // still paused: the key's presence is what counts
-				}
-				job(name).Paused = &pz
+			job(name).Last = &c
+		case kvlayout.KindPaused:
+			pz, err := kvlayout.DecodePaused(p.Value)
+			if err != nil {
+				bad(p, err) // still paused: the key's presence is what counts
 			}
-		case strings.HasPrefix(rest, "requests/"):
+			job(name).Paused = &pz
+		case kvlayout.KindRequest:
 			r, err := s.decodeRequest(p)
 			if err != nil {
 				bad(p, err)
 				continue
 			}
 			job(r.Job).Request = &r
-		case strings.HasPrefix(rest, "history/"):
-			var list []Entry
+		case kvlayout.KindHistory:
+			var list []kvlayout.Entry
 			if err := json.Unmarshal(p.Value, &list); err != nil {
 				bad(p, err)
 				continue
 			}
-			job(strings.TrimPrefix(rest, "history/")).History = list
+			job(name).History = list
 		}
 	}
 	sort.Strings(f.Problems)
