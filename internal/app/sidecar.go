@@ -51,8 +51,7 @@ func newSidecar(cfg config.Config, log hclog.Logger, m *metrics.Metrics, store *
 	app := appclient.New(cfg.AppURL, cfg.ID, appclient.NewHTTPClient(), appclient.WithSigner(signer))
 	jobs := make([]scheduler.Job, len(cfg.Jobs))
 	for i, j := range cfg.Jobs {
-		jobs[i] = scheduler.Job{Name: j.Name, Spec: j.Spec, Schedule: j.Schedule, Location: j.Location, Timeout: j.Timeout,
-			AllowOverlap: j.AllowOverlap, Group: j.Group, Catchup: j.Catchup, Retries: j.Retries, Backoff: j.Backoff}
+		jobs[i] = j.Job
 	}
 	s := &sidecar{cfg: cfg, log: log, app: app, m: m, store: store, unknownReqs: map[string]bool{}}
 	opts := scheduler.Options{

@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"github.com/robfig/cron/v3"
+
+	"github.com/leadercron/leadercron/internal/scheduler"
 )
 
 // wallClock returns s, or, for a schedule in a time zone other than UTC that
@@ -24,7 +26,7 @@ import (
 // The returned schedule's Next reports the zero time only when the
 // schedule never fires again, which robfig/cron decides by finding no slot
 // within five years; a transition never makes it give up.
-func wallClock(s *cron.SpecSchedule) Schedule {
+func wallClock(s *cron.SpecSchedule) scheduler.Schedule {
 	const allHours = 1<<24 - 1
 	if s.Location == nil || s.Location == time.UTC || s.Hour&allHours == allHours {
 		return s

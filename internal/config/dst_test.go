@@ -9,10 +9,12 @@ import (
 	_ "time/tzdata" // the zone tests must not depend on the host's zoneinfo
 
 	"github.com/robfig/cron/v3"
+
+	"github.com/leadercron/leadercron/internal/scheduler"
 )
 
 // dstJob builds the schedule of "<spec> tz=<zone>" as the product does.
-func dstJob(t *testing.T, spec, zone string) Schedule {
+func dstJob(t *testing.T, spec, zone string) scheduler.Schedule {
 	t.Helper()
 	j, msgs := parseJob("x", spec+" tz="+zone, time.Minute)
 	if len(msgs) > 0 {
@@ -182,7 +184,7 @@ const window = 90 * time.Minute
 
 // checkAround compares s, the schedule of spec, with the model over the
 // window around tr.
-func checkAround(t *testing.T, s Schedule, spec string, tr transition) {
+func checkAround(t *testing.T, s scheduler.Schedule, spec string, tr transition) {
 	t.Helper()
 	from, to := tr.at.Add(-window), tr.at.Add(window)
 	want := modelSlots(t, spec, tr, from, to)
@@ -231,7 +233,7 @@ func checkSame(t *testing.T, got, want []time.Time, loc *time.Location) {
 }
 
 // iterate returns the slots of s in [from, to], found by chaining Next.
-func iterate(s Schedule, from, to time.Time) []time.Time {
+func iterate(s scheduler.Schedule, from, to time.Time) []time.Time {
 	var out []time.Time
 	for at := s.Next(from.Add(-time.Nanosecond)); !at.IsZero() && !at.After(to); at = s.Next(at) {
 		out = append(out, at.In(time.UTC))

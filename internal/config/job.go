@@ -9,31 +9,18 @@ import (
 	"time"
 
 	"github.com/robfig/cron/v3"
+
+	"github.com/leadercron/leadercron/internal/scheduler"
 )
 
 // JobPrefix starts every job variable: LEADERCRON_JOB_<NAME>.
 const JobPrefix = "LEADERCRON_JOB_"
 
-// Schedule yields the fire times (slots) of a job. Next returns the first
-// slot strictly after t.
-type Schedule interface {
-	Next(t time.Time) time.Time
-}
-
-// Job is one scheduled job.
+// Job is one scheduled job as configured: the scheduler's Job (every
+// option lands in one of its fields) and the variable it came from.
 type Job struct {
-	Name     string         // URL name: LEADERCRON_JOB_SEND_REPORT -> send-report
-	Var      string         // the variable it came from
-	Spec     string         // the schedule as written
-	Schedule Schedule       // evaluated in Location
-	Location *time.Location // tz= option; UTC by default
-	Timeout  time.Duration  // timeout= option; LEADERCRON_TRIGGER_TIMEOUT by default
-
-	AllowOverlap bool          // overlap=allow; forbid by default
-	Group        string        // group= option; "" = no group
-	Catchup      time.Duration // catchup= option; DefaultCatchup by default
-	Retries      int           // retries= option; 0 by default
-	Backoff      time.Duration // backoff= option; DefaultBackoff by default
+	scheduler.Job
+	Var string // the variable it came from
 }
 
 // Job option defaults.
@@ -172,7 +159,7 @@ func loadJobs(environ map[string]string, defaultTimeout time.Duration) ([]Job, P
 // parseJob parses "<schedule> [key=value ...]". It returns every problem it
 // finds rather than stopping at the first.
 func parseJob(name, value string, defaultTimeout time.Duration) (Job, []string) {
-	j := Job{Name: name, Location: time.UTC, Timeout: defaultTimeout, Catchup: DefaultCatchup, Backoff: DefaultBackoff}
+	j := Job{Job: scheduler.Job{Name: name, Location: time.UTC, Timeout: defaultTimeout, Catchup: DefaultCatchup, Backoff: DefaultBackoff}}
 	fields := strings.Fields(value)
 	var msgs []string
 	// robfig/cron's CRON_TZ= comes before the schedule: report it once and

@@ -5,25 +5,26 @@ import (
 	"time"
 
 	"github.com/leadercron/leadercron/internal/config"
+	"github.com/leadercron/leadercron/internal/scheduler"
 )
 
 func TestJobOptions(t *testing.T) {
 	t.Parallel()
-	defaults := config.Job{Catchup: config.DefaultCatchup, Backoff: config.DefaultBackoff}
+	defaults := config.Job{Job: scheduler.Job{Catchup: config.DefaultCatchup, Backoff: config.DefaultBackoff}}
 	tests := []struct {
 		value string
 		want  config.Job // only the option fields are compared
 	}{
 		{"@hourly", defaults},
 		{"@hourly overlap=forbid", defaults},
-		{"@hourly overlap=allow", config.Job{AllowOverlap: true, Catchup: time.Minute, Backoff: time.Second}},
-		{"@hourly group=billing-api", config.Job{Group: "billing-api", Catchup: time.Minute, Backoff: time.Second}},
-		{"@hourly catchup=0", config.Job{Catchup: 0, Backoff: time.Second}},
-		{"@hourly catchup=2h", config.Job{Catchup: 2 * time.Hour, Backoff: time.Second}},
-		{"@hourly retries=3", config.Job{Retries: 3, Catchup: time.Minute, Backoff: time.Second}},
-		{"@hourly retries=3 backoff=250ms", config.Job{Retries: 3, Backoff: 250 * time.Millisecond, Catchup: time.Minute}},
+		{"@hourly overlap=allow", config.Job{Job: scheduler.Job{AllowOverlap: true, Catchup: time.Minute, Backoff: time.Second}}},
+		{"@hourly group=billing-api", config.Job{Job: scheduler.Job{Group: "billing-api", Catchup: time.Minute, Backoff: time.Second}}},
+		{"@hourly catchup=0", config.Job{Job: scheduler.Job{Catchup: 0, Backoff: time.Second}}},
+		{"@hourly catchup=2h", config.Job{Job: scheduler.Job{Catchup: 2 * time.Hour, Backoff: time.Second}}},
+		{"@hourly retries=3", config.Job{Job: scheduler.Job{Retries: 3, Catchup: time.Minute, Backoff: time.Second}}},
+		{"@hourly retries=3 backoff=250ms", config.Job{Job: scheduler.Job{Retries: 3, Backoff: 250 * time.Millisecond, Catchup: time.Minute}}},
 		{"*/5 * * * * * group=a overlap=allow catchup=10s retries=1 backoff=2s timeout=3s",
-			config.Job{Group: "a", AllowOverlap: true, Catchup: 10 * time.Second, Retries: 1, Backoff: 2 * time.Second}},
+			config.Job{Job: scheduler.Job{Group: "a", AllowOverlap: true, Catchup: 10 * time.Second, Retries: 1, Backoff: 2 * time.Second}}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.value, func(t *testing.T) {
