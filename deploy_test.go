@@ -26,7 +26,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/leadercron/leadercron/internal/app"
+	"github.com/leadercron/leadercron/internal/cli"
 	"github.com/leadercron/leadercron/internal/config"
 )
 
@@ -132,7 +132,7 @@ func TestReleaseBuild(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("validate exited %d:\n%s", code, out)
 		}
-		if want := "shutdown budget " + app.ShutdownBudget(mustLoad(t, td)).String(); !strings.Contains(out, want) {
+		if want := "shutdown budget " + cli.ShutdownBudget(mustLoad(t, td)).String(); !strings.Contains(out, want) {
 			t.Errorf("validate output does not state %q:\n%s", want, out)
 		}
 		for _, j := range mustLoad(t, td).Jobs {
@@ -511,7 +511,7 @@ func TestECSTaskDefinition(t *testing.T) {
 		if sc.StopTimeout == 0 {
 			stop = 30 * time.Second // ECS's default
 		}
-		if budget := app.ShutdownBudget(cfg); stop <= budget {
+		if budget := cli.ShutdownBudget(cfg); stop <= budget {
 			t.Errorf("sidecar stopTimeout %s <= the shutdown budget %s (LEADERCRON_DRAIN_TIMEOUT %s + release, destroy, history flush, admin shutdown): ECS would SIGKILL a draining leader", stop, budget, cfg.DrainTimeout)
 		}
 		if sc.StopTimeout > fargateMaxStopTimeout {
@@ -768,7 +768,7 @@ func TestNomadJob(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if budget := app.ShutdownBudget(cfg); kill <= budget {
+	if budget := cli.ShutdownBudget(cfg); kill <= budget {
 		t.Errorf("%s: kill_timeout %s <= the shutdown budget %s (LEADERCRON_DRAIN_TIMEOUT %s + release, destroy, history flush, admin shutdown)", file, kill, budget, cfg.DrainTimeout)
 	}
 }

@@ -10,7 +10,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/leadercron/leadercron/internal/app"
+	"github.com/leadercron/leadercron/internal/cli"
 )
 
 func main() {
@@ -19,5 +19,5 @@ func main() {
 	// After the first signal, restore the default handlers: a second
 	// signal kills the process at once.
 	context.AfterFunc(ctx, stop)
-	os.Exit(app.Main(ctx, os.Args[1:], os.Environ(), os.Stdout, os.Stderr))
+	os.Exit(cli.Main(ctx, os.Args[1:], os.Environ(), os.Stdout, os.Stderr))
 }

@@ -6,7 +6,7 @@
 #   scripts/build.sh [-o OUTPUT]        (default: bin/leadercron)
 #
 # Environment: VERSION (default: git describe, else "dev") is stamped into
-# internal/app.Version; GOOS and GOARCH cross-compile as usual
+# internal/cli.Version; GOOS and GOARCH cross-compile as usual
 # (GOOS=linux GOARCH=arm64 scripts/build.sh -o bin/leadercron-arm64).
 #
 # CGO_ENABLED=0 gives a static binary that runs on distroless/static;
@@ -27,5 +27,5 @@ if [ -z "${VERSION:-}" ]; then
 fi
 
 CGO_ENABLED=0 exec go build -trimpath \
-  -ldflags "-s -w -X github.com/leadercron/leadercron/internal/app.Version=${VERSION}" \
+  -ldflags "-s -w -X github.com/leadercron/leadercron/internal/cli.Version=${VERSION}" \
   -o "$out" .

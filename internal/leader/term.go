@@ -335,8 +335,23 @@ func (c *consulSlots) take(ctx context.Context, job string, index uint64) (bool,
 	if ok {
 		return true, nil
 	}
-	return false, c.txnFailed(op, resp, 1)
+	err = c.txnFailed(op, resp, 1)
+	if errors.Is(err, ErrNotLeader) {
+		// Certainly not applied: say so to callers that only know
+		// the NotApplied method (see NotApplied).
+		err = notAppliedError{err}
+	}
+	return false, err
 }
+
+// notAppliedError marks an error as a write Consul certainly did not
+// apply.
+type notAppliedError struct{ error }
+
+func (e notAppliedError) Unwrap() error { return e.error }
+
+// NotApplied reports true.
+func (notAppliedError) NotApplied() bool { return true }
 
 // takeResolve learns whether a take whose answer was lost was applied:
 // the request gone while this term's lease still runs means it was (see

@@ -55,8 +55,10 @@ type Term interface {
 	Claim(ctx context.Context, job string, slot time.Time) (won, paused bool, err error)
 }
 
-// notApplied reports whether err says the write was certainly not applied.
-func notApplied(err error) bool {
+// NotApplied reports whether err, from Term.Claim (or a take of a run-now
+// request), says the write was certainly not applied: it has a method
+// NotApplied() bool that reports true. Any other error is an unknown outcome.
+func NotApplied(err error) bool {
 	var na interface{ NotApplied() bool }
 	return errors.As(err, &na) && na.NotApplied()
 }
@@ -427,7 +429,7 @@ func (s *Scheduler) claim(ctx context.Context, term Term, j Job, slot time.Time,
 		}
 		ended := ctx.Err() != nil
 		missed := LastRun{Slot: slot, Outcome: fate.Missed, Reason: fate.ClaimUnknown, FencingToken: term.Token()}
-		if notApplied(err) {
+		if NotApplied(err) {
 			// Certainly not claimed. With the lock lost (ended), the
 			// next leader fires or records the slot.
 			log.Warn("claim slot refused", "slot", slotString(slot), "error", err)

@@ -1,4 +1,4 @@
-package app
+package sidecar
 
 import (
 	"context"
@@ -8,7 +8,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/leadercron/leadercron/internal/kvlayout"
-	"github.com/leadercron/leadercron/internal/ledger"
 	"github.com/leadercron/leadercron/internal/scheduler"
 )
 
@@ -18,7 +17,7 @@ import (
 // with a warning (the history is for people; the claims are what keep
 // slots at most once).
 type historyWriter struct {
-	store *ledger.Store
+	store Ledger
 	id    string
 	log   hclog.Logger
 
@@ -33,7 +32,7 @@ type historyItem struct {
 	e   kvlayout.Entry
 }
 
-func newHistoryWriter(store *ledger.Store, id string, log hclog.Logger) *historyWriter {
+func newHistoryWriter(store Ledger, id string, log hclog.Logger) *historyWriter {
 	h := &historyWriter{store: store, id: id, log: log, queue: make(chan historyItem, 1024), done: make(chan struct{})}
 	go h.run()
 	return h

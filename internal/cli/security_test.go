@@ -1,4 +1,4 @@
-package app_test
+package cli_test
 
 import (
 	"bytes"
@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/leadercron/leadercron/internal/app"
+	"github.com/leadercron/leadercron/internal/cli"
 )
 
 const (
@@ -89,10 +89,10 @@ func TestAdminPortGuarded(t *testing.T) {
 	var logs syncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	code := make(chan int, 1)
-	go func() { code <- app.Main(ctx, nil, env, io.Discard, &logs) }()
+	go func() { code <- cli.Main(ctx, nil, env, io.Discard, &logs) }()
 	defer func() {
 		cancel()
-		if c := <-code; c != app.ExitOK {
+		if c := <-code; c != cli.ExitOK {
 			t.Errorf("exit %d, want 0\n%s", c, logs.String())
 		}
 		out := logs.String()
@@ -176,7 +176,7 @@ func TestAdminTokenAccepted(t *testing.T) {
 	var logs syncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	code := make(chan int, 1)
-	go func() { code <- app.Main(ctx, nil, env, io.Discard, &logs) }()
+	go func() { code <- cli.Main(ctx, nil, env, io.Discard, &logs) }()
 	defer func() {
 		cancel()
 		<-code
@@ -223,14 +223,14 @@ func TestAdminTokenAccepted(t *testing.T) {
 func TestValidateShowsNoSecret(t *testing.T) {
 	base := []string{"LEADERCRON_SERVICE=security-test", "LEADERCRON_ID=alice", "LEADERCRON_LOCK=none"}
 	ok := run(t, append(base, "LEADERCRON_TRIGGER_SECRET="+triggerSecret, "LEADERCRON_ADMIN_TOKEN="+adminToken), "validate")
-	if ok.code != app.ExitOK {
+	if ok.code != cli.ExitOK {
 		t.Fatalf("validate: exit %d\n%s", ok.code, ok.stderr)
 	}
 	noSecret(t, "validate's output", ok.stdout+ok.stderr)
 	bad := run(t, append(base, "LEADERCRON_TRIGGER_SECRET="+triggerSecret[:31], "LEADERCRON_ADMIN_TOKEN="+adminToken,
 		"LEADERCRON_ADMIN_TOKEN_FILE=/nonexistent", "LEADERCRON_TRIGER_SECRET="+triggerSecret), "validate")
-	if bad.code != app.ExitConfig {
-		t.Fatalf("validate with bad secrets: exit %d, want %d", bad.code, app.ExitConfig)
+	if bad.code != cli.ExitConfig {
+		t.Fatalf("validate with bad secrets: exit %d, want %d", bad.code, cli.ExitConfig)
 	}
 	for _, want := range []string{"LEADERCRON_TRIGGER_SECRET: must be at least 32 bytes", "LEADERCRON_ADMIN_TOKEN: set together with",
 		"LEADERCRON_TRIGER_SECRET: unknown variable"} {

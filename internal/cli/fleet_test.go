@@ -1,4 +1,4 @@
-package app_test
+package cli_test
 
 import (
 	"bytes"
@@ -11,7 +11,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/leadercron/leadercron/internal/app"
+	"github.com/leadercron/leadercron/internal/cli"
 	"github.com/leadercron/leadercron/internal/consultest"
 	"github.com/leadercron/leadercron/internal/fate"
 	"github.com/leadercron/leadercron/internal/kvlayout"
@@ -37,7 +37,7 @@ func run(t *testing.T, env []string, args ...string) result {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var out, errb bytes.Buffer
-	code := app.Main(ctx, args, env, &out, &errb)
+	code := cli.Main(ctx, args, env, &out, &errb)
 	return result{code, out.String(), errb.String()}
 }
 
@@ -65,7 +65,7 @@ func TestFleetCommands(t *testing.T) {
 
 	t.Run("PauseAndResume", func(t *testing.T) {
 		r := run(t, fleetEnv, "pause", "nightly", "-reason", "vendor outage")
-		if r.code != app.ExitOK || !strings.HasPrefix(r.stdout, "paused nightly (by alice") {
+		if r.code != cli.ExitOK || !strings.HasPrefix(r.stdout, "paused nightly (by alice") {
 			t.Fatalf("pause = %+v", r)
 		}
 		p := get("jobs/nightly/paused")
@@ -73,25 +73,25 @@ func TestFleetCommands(t *testing.T) {
 			t.Fatalf("paused key = %+v", p)
 		}
 		r = run(t, fleetEnv, "pause", "-by", "bob", "-reason", "other", "nightly")
-		if r.code != app.ExitOK || !strings.Contains(r.stdout, "already paused by alice") {
+		if r.code != cli.ExitOK || !strings.Contains(r.stdout, "already paused by alice") {
 			t.Fatalf("second pause = %+v", r)
 		}
 		r = run(t, fleetEnv, "resume", "nightly")
-		if r.code != app.ExitOK || !strings.HasPrefix(r.stdout, "resumed nightly (paused by alice") {
+		if r.code != cli.ExitOK || !strings.HasPrefix(r.stdout, "resumed nightly (paused by alice") {
 			t.Fatalf("resume = %+v", r)
 		}
 		if p := get("jobs/nightly/paused"); p != nil {
 			t.Fatalf("paused key still there: %s", p.Value)
 		}
 		r = run(t, fleetEnv, "resume", "nightly")
-		if r.code != app.ExitOK || !strings.Contains(r.stdout, "was not paused") {
+		if r.code != cli.ExitOK || !strings.Contains(r.stdout, "was not paused") {
 			t.Fatalf("second resume = %+v", r)
 		}
 	})
 
 	t.Run("RunIsIdempotentWhilePending", func(t *testing.T) {
 		r := run(t, fleetEnv, "run", "report", "-by", "carol")
-		if r.code != app.ExitOK || !strings.HasPrefix(r.stdout, "run-now request for report queued") {
+		if r.code != cli.ExitOK || !strings.HasPrefix(r.stdout, "run-now request for report queued") {
 			t.Fatalf("run = %+v", r)
 		}
 		p := get("requests/report")
@@ -100,7 +100,7 @@ func TestFleetCommands(t *testing.T) {
 			t.Fatalf("request key = %+v", p)
 		}
 		r = run(t, fleetEnv, "run", "report")
-		if r.code != app.ExitOK || !strings.Contains(r.stdout, "already pending (id "+req.ID+", by carol") {
+		if r.code != cli.ExitOK || !strings.Contains(r.stdout, "already pending (id "+req.ID+", by carol") {
 			t.Fatalf("second run = %+v", r)
 		}
 		if again := get("requests/report"); again.ModifyIndex != p.ModifyIndex {
@@ -139,7 +139,7 @@ func TestFleetCommands(t *testing.T) {
 		}
 
 		r := run(t, fleetEnv, "status")
-		if r.code != app.ExitOK {
+		if r.code != cli.ExitOK {
 			t.Fatalf("status = %+v", r)
 		}
 		for _, want := range []string{
@@ -158,7 +158,7 @@ func TestFleetCommands(t *testing.T) {
 		t.Logf("status output:\n%s", r.stdout)
 
 		r = run(t, fleetEnv, "status", "-json")
-		if r.code != app.ExitOK {
+		if r.code != cli.ExitOK {
 			t.Fatalf("status -json = %+v", r)
 		}
 		var st struct {
@@ -194,22 +194,22 @@ func TestFleetCommands(t *testing.T) {
 
 	t.Run("Refusals", func(t *testing.T) {
 		r := run(t, fleetEnv, "pause", "nope")
-		if r.code != app.ExitConfig || !strings.Contains(r.stderr, `unknown job "nope"; known jobs: nightly, report`) {
+		if r.code != cli.ExitConfig || !strings.Contains(r.stderr, `unknown job "nope"; known jobs: nightly, report`) {
 			t.Fatalf("unknown job = %+v", r)
 		}
 		if p := get("jobs/nope/paused"); p != nil {
 			t.Fatal("an unknown job was paused")
 		}
 		r = run(t, fleetEnv, "run")
-		if r.code != app.ExitConfig || !strings.Contains(r.stderr, "usage: leadercron run [-by NAME] <job>") {
+		if r.code != cli.ExitConfig || !strings.Contains(r.stderr, "usage: leadercron run [-by NAME] <job>") {
 			t.Fatalf("run without a job = %+v", r)
 		}
 		r = run(t, fleetEnv, "resume", "-json", "nightly")
-		if r.code != app.ExitConfig || !strings.Contains(r.stderr, "-json is not accepted") {
+		if r.code != cli.ExitConfig || !strings.Contains(r.stderr, "-json is not accepted") {
 			t.Fatalf("resume -json = %+v", r)
 		}
 		r = run(t, append(fleetEnv[:len(fleetEnv):len(fleetEnv)], "LEADERCRON_LOCK=none"), "status")
-		if r.code != app.ExitConfig || !strings.Contains(r.stderr, "LEADERCRON_LOCK=none: fleet commands work through Consul KV") {
+		if r.code != cli.ExitConfig || !strings.Contains(r.stderr, "LEADERCRON_LOCK=none: fleet commands work through Consul KV") {
 			t.Fatalf("standalone = %+v", r)
 		}
 	})
@@ -232,7 +232,7 @@ func TestFleetConsulDown(t *testing.T) {
 		} else {
 			want += "snapshot"
 		}
-		if r.code != app.ExitFailure || !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "connection refused") {
+		if r.code != cli.ExitFailure || !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "connection refused") {
 			t.Errorf("%v with Consul down = %+v; want exit 1 and %q", args, r, want)
 		}
 	}

@@ -1,4 +1,4 @@
-package app
+package cli
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"github.com/leadercron/leadercron/internal/admin"
 	"github.com/leadercron/leadercron/internal/config"
 	"github.com/leadercron/leadercron/internal/leader"
+	"github.com/leadercron/leadercron/internal/sidecar"
 )
 
 // validate loads the configuration exactly as a run would and prints every
@@ -29,7 +30,7 @@ func validate(ctx context.Context, env map[string]string, stdout, stderr io.Writ
 	fmt.Fprintf(stdout, "\napp %s, admin %s, drain timeout %s\n", cfg.AppURL, cfg.Listen, cfg.DrainTimeout)
 	fmt.Fprintf(stdout, "shutdown budget %s (drain %s + release %s + session destroy %s + history flush %s + admin shutdown %s):"+
 		" give the container a stop timeout above it\n", ShutdownBudget(cfg), cfg.DrainTimeout, leader.FinalRequestTimeout,
-		leader.FinalRequestTimeout, historyFlushTimeout, admin.ShutdownTimeout)
+		leader.FinalRequestTimeout, sidecar.HistoryFlushTimeout, admin.ShutdownTimeout)
 	now := time.Now()
 	for _, j := range cfg.Jobs {
 		fmt.Fprintf(stdout, "\njob %s (%s): %q tz=%s timeout=%s\n", j.Name, j.Var, j.Spec, j.Location, j.Timeout)

@@ -1,18 +1,12 @@
-package app
+package sidecar
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
-
 	"github.com/leadercron/leadercron/internal/admin"
-	"github.com/leadercron/leadercron/internal/appclient"
-	"github.com/leadercron/leadercron/internal/config"
-	"github.com/leadercron/leadercron/internal/leader"
 )
 
 // Causes that end a campaign without ending the process.
@@ -21,24 +15,19 @@ var (
 	errUnhealthy = errors.New("app failed its health check")
 )
 
-// electorRunner is what campaign needs of an elector: leader.Elector or
-// leader.Standalone.
-type electorRunner interface {
-	Run(ctx context.Context, lead func(context.Context, *leader.Term) error) error
-}
-
 // campaign runs elections until ctx ends. It stays out of them while the
 // app health gate reports the app unhealthy (and hands leadership over when
 // the app turns unhealthy while leading), and for good after POST
 // /handover.
-func (s *sidecar) campaign(ctx context.Context, elector electorRunner, gate *healthGate) error {
+func (s *Sidecar) campaign(ctx context.Context) error {
+	gate := s.gate
 	for {
 		if gate != nil && !gate.waitHealthy(ctx) {
 			return nil
 		}
 		cctx, cancel := context.WithCancelCause(ctx)
 		done := make(chan struct{})
-		if !s.startCampaign(cancel, done) {
+		if !s.startCampaign(cctx, cancel, done) {
 			cancel(nil)
 			<-ctx.Done() // handed over while not campaigning
 			return nil
@@ -50,7 +39,7 @@ func (s *sidecar) campaign(ctx context.Context, elector electorRunner, gate *hea
 				}
 			}()
 		}
-		err := elector.Run(cctx, s.lead)
+		err := s.elector.Run(cctx, s.lead)
 		cause := context.Cause(cctx)
 		cancel(nil)
 		s.endCampaign(err)
@@ -74,20 +63,20 @@ func (s *sidecar) campaign(ctx context.Context, elector electorRunner, gate *hea
 
 // startCampaign records the running campaign; it returns false if the
 // sidecar has handed over.
-func (s *sidecar) startCampaign(cancel context.CancelCauseFunc, done chan struct{}) bool {
+func (s *Sidecar) startCampaign(ctx context.Context, cancel context.CancelCauseFunc, done chan struct{}) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.handedOver {
 		return false
 	}
-	s.cancelCampaign, s.campaignDone, s.campaignErr = cancel, done, nil
+	s.campaignCtx, s.cancelCampaign, s.campaignDone, s.campaignErr = ctx, cancel, done, nil
 	return true
 }
 
-func (s *sidecar) endCampaign(err error) {
+func (s *Sidecar) endCampaign(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.cancelCampaign = nil
+	s.campaignCtx, s.cancelCampaign = nil, nil
 	s.campaignErr = err
 }
 
@@ -97,7 +86,7 @@ func (s *sidecar) endCampaign(err error) {
 // handover (no drain then: outcome "lost"), answers once the runs it sent
 // in earlier leaderships have finished, so that a preStop hook waiting on
 // it protects them too. Either way the sidecar does not campaign again.
-func (s *sidecar) handover(ctx context.Context) (admin.HandoverResult, error) {
+func (s *Sidecar) handover(ctx context.Context) (admin.HandoverResult, error) {
 	start := time.Now()
 	s.mu.Lock()
 	already := s.handedOver
@@ -138,100 +127,4 @@ func (s *sidecar) handover(ctx context.Context) (admin.HandoverResult, error) {
 	}
 	res.DurationMS = time.Since(start).Milliseconds()
 	return res, nil
-}
-
-// healthGate polls LEADERCRON_APP_HEALTH_URL. The app is unhealthy until
-// its first success, and again after AppHealthFailures failures in a row.
-type healthGate struct {
-	app      *appclient.Client
-	cfg      config.Config
-	log      hclog.Logger
-	mu       sync.Mutex
-	healthy  bool
-	failures int
-	changed  chan struct{} // closed and replaced at every change
-}
-
-func newHealthGate(app *appclient.Client, cfg config.Config, log hclog.Logger) *healthGate {
-	return &healthGate{app: app, cfg: cfg, log: log, changed: make(chan struct{})}
-}
-
-func (g *healthGate) run(ctx context.Context) {
-	t := time.NewTicker(g.cfg.AppHealthInterval)
-	defer t.Stop()
-	for {
-		pctx, cancel := context.WithTimeout(ctx, g.cfg.AppHealthInterval)
-		err := g.app.Healthy(pctx, g.cfg.AppHealthURL)
-		cancel()
-		if ctx.Err() != nil {
-			return
-		}
-		g.observe(err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-func (g *healthGate) observe(err error) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	was := g.healthy
-	if err == nil {
-		g.failures = 0
-		g.healthy = true
-	} else {
-		g.failures++
-		g.log.Debug("app health check failed", "failures", g.failures, "error", err)
-		if g.failures >= g.cfg.AppHealthFailures {
-			g.healthy = false
-		}
-	}
-	if g.healthy != was {
-		if g.healthy {
-			g.log.Info("app healthy")
-		} else {
-			g.log.Warn("app unhealthy", "failures", g.failures, "error", err)
-		}
-		close(g.changed)
-		g.changed = make(chan struct{})
-	}
-}
-
-func (g *healthGate) state() (bool, <-chan struct{}) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.healthy, g.changed
-}
-
-// waitHealthy waits until the app is healthy; false means ctx ended.
-func (g *healthGate) waitHealthy(ctx context.Context) bool {
-	for {
-		ok, changed := g.state()
-		if ok {
-			return true
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-changed:
-		}
-	}
-}
-
-// waitUnhealthy waits until the app is unhealthy; false means ctx ended.
-func (g *healthGate) waitUnhealthy(ctx context.Context) bool {
-	for {
-		ok, changed := g.state()
-		if !ok {
-			return true
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-changed:
-		}
-	}
 }
