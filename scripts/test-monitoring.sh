@@ -3,7 +3,8 @@
 # examples/grafana/leadercron.json.
 #
 #  1. promtool check rules alerts.yml, and promtool test rules
-#     alerts_test.yml (each rule on synthetic series, firing and quiet).
+#     alerts_test.yml (each rule on synthetic series, firing and quiet);
+#     docs/metrics.md's alert table names exactly the file's alerts.
 #  2. A real scrape: builds the sidecar and the Go demo app, starts a Consul
 #     dev agent on loopback (free ports, in memory), one app and one sidecar
 #     with a job every second, waits until the sidecar leads and 3 slots
@@ -64,7 +65,9 @@ show_logs() {
 }
 die() { echo "test-monitoring: $*" >&2; show_logs; exit 1; }
 
-# free_port prints a loopback TCP port that nothing listens on now.
+# free_port VAR sets VAR to a loopback TCP port that nothing listens on now
+# and that this script has not handed out before. (It must not run in a
+# $(...) subshell, which would forget the ports handed out.)
 used_ports=" "
 free_port() {
   local p
@@ -73,7 +76,7 @@ free_port() {
     case "$used_ports" in *" $p "*) continue ;; esac
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
       used_ports+="$p "
-      echo "$p"
+      printf -v "$1" %s "$p"
       return
     fi
   done
@@ -99,26 +102,37 @@ if [ -n "$promtool" ]; then
   "$promtool" test rules examples/prometheus/alerts_test.yml
 fi
 
+echo "== docs/metrics.md names exactly the alerts of alerts.yml"
+rule_names=$(sed -nE 's/^[[:space:]]*-[[:space:]]*alert:[[:space:]]*([A-Za-z0-9_]+).*/\1/p' examples/prometheus/alerts.yml | sort -u)
+doc_names=$(grep -oE '^\| `Leadercron[A-Za-z0-9_]+`' docs/metrics.md | tr -d '|` ' | sort -u)
+[ -n "$rule_names" ] || die "no alert found in examples/prometheus/alerts.yml"
+if [ "$rule_names" != "$doc_names" ]; then
+  diff <(echo "$rule_names") <(echo "$doc_names") >&2 || true
+  die "the alert table in docs/metrics.md (>) and the alerts in examples/prometheus/alerts.yml (<) differ"
+fi
+echo "ok: $(echo "$rule_names" | wc -l) alerts"
+
 echo "== a real scrape: Consul dev agent, demo app, sidecar with a job every second"
 CONSUL_BIN=${CONSUL_BIN:-$(scripts/consul.sh)}
 go build -o "$work/leadercron" .
 go build -o "$work/demo-app" ./examples/go/demo-app
 
-http_port=$(free_port)
+free_port http_port; free_port serf_port; free_port server_port
+free_port app_port; free_port public_port; free_port admin_port
 "$CONSUL_BIN" agent -dev -node monitoring -bind 127.0.0.1 -client 127.0.0.1 \
   -http-port "$http_port" -dns-port -1 -grpc-port -1 -grpc-tls-port -1 \
-  -serf-lan-port "$(free_port)" -serf-wan-port -1 -server-port "$(free_port)" -log-level warn \
+  -serf-lan-port "$serf_port" -serf-wan-port -1 -server-port "$server_port" -log-level warn \
   -hcl 'ui_config { enabled = false }' >"$work/consul.log" 2>&1 &
 consul_pid=$!
 consul_ready() { curl -sf --max-time 1 "http://127.0.0.1:$http_port/v1/status/leader" | grep -q ':'; }
 wait_for "Consul dev agent elected itself" 30 "$consul_pid" consul_ready
 
-app_addr=127.0.0.1:$(free_port)
-"$work/demo-app" -listen "127.0.0.1:$(free_port)" -trigger-listen "$app_addr" >"$work/app.log" 2>&1 &
+app_addr=127.0.0.1:$app_port
+"$work/demo-app" -listen "127.0.0.1:$public_port" -trigger-listen "$app_addr" >"$work/app.log" 2>&1 &
 app_pid=$!
 wait_for "demo app answers" 20 "$app_pid" curl -sf --max-time 1 "http://$app_addr/healthz" -o /dev/null
 
-admin=127.0.0.1:$(free_port)
+admin=127.0.0.1:$admin_port
 env CONSUL_HTTP_ADDR="127.0.0.1:$http_port" LEADERCRON_SERVICE=monitoring LEADERCRON_ID=monitoring-1 \
   LEADERCRON_LISTEN="$admin" LEADERCRON_APP_URL="http://$app_addr" LEADERCRON_LOG_FORMAT=text \
   LEADERCRON_JOB_HELLO="* * * * * *" \
