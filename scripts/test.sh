@@ -24,6 +24,9 @@ go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 echo "== examples (NestJS module and its end-to-end test with the sidecar)"
 scripts/test-examples.sh
 
+echo "== monitoring (alert rules with promtool, the Grafana dashboard against a real scrape)"
+scripts/test-monitoring.sh
+
 echo "== go test -race"
 # The fault-injection suite writes its per-scenario table here, so that a
 # passing run shows it too (go test prints a passing package's log only

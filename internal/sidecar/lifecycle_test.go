@@ -140,7 +140,9 @@ type fakeElector struct {
 	loss  chan struct{}
 }
 
-func newFakeElector(ev *events) *fakeElector { return &fakeElector{ev: ev, loss: make(chan struct{}, 1)} }
+func newFakeElector(ev *events) *fakeElector {
+	return &fakeElector{ev: ev, loss: make(chan struct{}, 1)}
+}
 
 func (f *fakeElector) lose() { f.loss <- struct{}{} }
 
