@@ -136,17 +136,13 @@ func Load(environ map[string]string, def Defaults) (Config, error) {
 		// caarlos0/env reads the process environment when given a nil map.
 		environ = map[string]string{}
 	}
-	var ps Problems
-	add := func(v, value, format string, args ...any) {
-		ps = append(ps, Problem{Var: v, Value: value, Msg: fmt.Sprintf(format, args...)})
-	}
-
+	l := &loader{environ: environ}
 	g, err := env.ParseAsWithOptions[globals](env.Options{Environment: environ})
 	if err != nil {
-		ps = append(ps, envProblems(err, environ)...)
+		l.ps = append(l.ps, envProblems(err, environ)...)
 	}
-
-	cfg := Config{
+	l.g = g
+	l.cfg = Config{
 		Service:        firstNonEmpty(g.Service, def.Service),
 		ID:             firstNonEmpty(g.ID, def.ID),
 		Listen:         g.Listen,
@@ -157,111 +153,147 @@ func Load(environ map[string]string, def Defaults) (Config, error) {
 		DrainInterval:  g.DrainInterval,
 		TriggerTimeout: g.TriggerTimeout,
 	}
+	l.identity()
+	l.endpoints()
+	l.durations()
+	l.logging()
+	var sps Problems
+	l.cfg.TriggerSecret, sps = loadSecret(environ, triggerSecretVar)
+	l.ps = append(l.ps, sps...)
+	l.cfg.AdminToken, sps = loadSecret(environ, adminTokenVar)
+	l.ps = append(l.ps, sps...)
+	l.unknownVariables()
+	jobs, jps := loadJobs(environ, g.TriggerTimeout)
+	l.ps = append(l.ps, jps...)
+	l.cfg.Jobs = jobs
+	if len(l.ps) > 0 {
+		return Config{}, l.ps
+	}
+	return l.cfg, nil
+}
 
+// loader collects every problem of one Load, so that all are reported at
+// once; each method checks one group of variables.
+type loader struct {
+	environ map[string]string
+	g       globals
+	cfg     Config
+	ps      Problems
+}
+
+func (l *loader) add(v, value, format string, args ...any) {
+	l.ps = append(l.ps, Problem{Var: v, Value: value, Msg: fmt.Sprintf(format, args...)})
+}
+
+// identity: the service, the sidecar's ID and the KV prefix.
+func (l *loader) identity() {
 	switch {
-	case cfg.Service == "":
-		add("LEADERCRON_SERVICE", "", "required: not set, and no ECS task metadata to take the task family from")
-	case !serviceRE.MatchString(cfg.Service):
-		add("LEADERCRON_SERVICE", cfg.Service, "must be letters, digits, '.', '_' or '-'")
+	case l.cfg.Service == "":
+		l.add("LEADERCRON_SERVICE", "", "required: not set, and no ECS task metadata to take the task family from")
+	case !serviceRE.MatchString(l.cfg.Service):
+		l.add("LEADERCRON_SERVICE", l.cfg.Service, "must be letters, digits, '.', '_' or '-'")
 	}
-	if strings.TrimSpace(cfg.ID) == "" {
-		add("LEADERCRON_ID", g.ID, "must not be empty")
-	}
-
-	cfg.KVPrefix = strings.TrimSuffix(g.KVPrefix, "/")
-	if g.KVPrefix == "" && cfg.Service != "" {
-		cfg.KVPrefix = "leadercron/" + cfg.Service
-	}
-	if strings.HasPrefix(g.KVPrefix, "/") || strings.ContainsAny(g.KVPrefix, " \t\n") {
-		add("LEADERCRON_KV_PREFIX", g.KVPrefix, "must be a relative Consul key path without spaces, such as leadercron/my-service")
+	if strings.TrimSpace(l.cfg.ID) == "" {
+		l.add("LEADERCRON_ID", l.g.ID, "must not be empty")
 	}
 
-	if u, msg := parseAppURL(g.AppURL); msg != "" {
-		add("LEADERCRON_APP_URL", g.AppURL, "%s", msg)
+	l.cfg.KVPrefix = strings.TrimSuffix(l.g.KVPrefix, "/")
+	if l.g.KVPrefix == "" && l.cfg.Service != "" {
+		l.cfg.KVPrefix = "leadercron/" + l.cfg.Service
+	}
+	if strings.HasPrefix(l.g.KVPrefix, "/") || strings.ContainsAny(l.g.KVPrefix, " \t\n") {
+		l.add("LEADERCRON_KV_PREFIX", l.g.KVPrefix, "must be a relative Consul key path without spaces, such as leadercron/my-service")
+	}
+
+}
+
+// endpoints: the app's URLs, the admin listener and the lock mode.
+func (l *loader) endpoints() {
+	if u, msg := parseAppURL(l.g.AppURL); msg != "" {
+		l.add("LEADERCRON_APP_URL", l.g.AppURL, "%s", msg)
 	} else {
-		cfg.AppURL = u
+		l.cfg.AppURL = u
 	}
-	if g.AppHealthURL != "" {
-		if u, msg := parseAppURL(g.AppHealthURL); msg != "" {
-			add("LEADERCRON_APP_HEALTH_URL", g.AppHealthURL, "%s", msg)
+	if l.g.AppHealthURL != "" {
+		if u, msg := parseAppURL(l.g.AppHealthURL); msg != "" {
+			l.add("LEADERCRON_APP_HEALTH_URL", l.g.AppHealthURL, "%s", msg)
 		} else {
-			cfg.AppHealthURL = u
+			l.cfg.AppHealthURL = u
 		}
 	}
-	cfg.AppHealthInterval = g.AppHealthInterval
-	cfg.AppHealthFailures = g.AppHealthFailures
-	if g.AppHealthFailures < 1 && environ["LEADERCRON_APP_HEALTH_FAILURES"] != "" && !hasProblem(ps, "LEADERCRON_APP_HEALTH_FAILURES") {
-		add("LEADERCRON_APP_HEALTH_FAILURES", environ["LEADERCRON_APP_HEALTH_FAILURES"], "must be at least 1")
+	l.cfg.AppHealthInterval = l.g.AppHealthInterval
+	l.cfg.AppHealthFailures = l.g.AppHealthFailures
+	if l.g.AppHealthFailures < 1 && l.environ["LEADERCRON_APP_HEALTH_FAILURES"] != "" && !hasProblem(l.ps, "LEADERCRON_APP_HEALTH_FAILURES") {
+		l.add("LEADERCRON_APP_HEALTH_FAILURES", l.environ["LEADERCRON_APP_HEALTH_FAILURES"], "must be at least 1")
 	}
-	if _, port, err := net.SplitHostPort(g.Listen); err != nil {
-		add("LEADERCRON_LISTEN", g.Listen, "must be host:port, such as 127.0.0.1:9090")
+	if _, port, err := net.SplitHostPort(l.g.Listen); err != nil {
+		l.add("LEADERCRON_LISTEN", l.g.Listen, "must be host:port, such as 127.0.0.1:9090")
 	} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-		add("LEADERCRON_LISTEN", g.Listen, "port must be a number from 0 to 65535")
+		l.add("LEADERCRON_LISTEN", l.g.Listen, "port must be a number from 0 to 65535")
 	}
-	if g.Lock != LockConsul && g.Lock != LockNone {
-		add("LEADERCRON_LOCK", g.Lock, "must be %q or %q", LockConsul, LockNone)
+	if l.g.Lock != LockConsul && l.g.Lock != LockNone {
+		l.add("LEADERCRON_LOCK", l.g.Lock, "must be %q or %q", LockConsul, LockNone)
 	}
 
+}
+
+// durations: every duration must be positive, and within Consul's caps.
+func (l *loader) durations() {
 	positive := []struct {
 		name string
 		d    time.Duration
 	}{
-		{"LEADERCRON_SESSION_TTL", g.SessionTTL},
-		{"LEADERCRON_LOCK_DELAY", g.LockDelay},
-		{"LEADERCRON_DRAIN_TIMEOUT", g.DrainTimeout},
-		{"LEADERCRON_DRAIN_INTERVAL", g.DrainInterval},
-		{"LEADERCRON_TRIGGER_TIMEOUT", g.TriggerTimeout},
-		{"LEADERCRON_APP_HEALTH_INTERVAL", g.AppHealthInterval},
+		{"LEADERCRON_SESSION_TTL", l.g.SessionTTL},
+		{"LEADERCRON_LOCK_DELAY", l.g.LockDelay},
+		{"LEADERCRON_DRAIN_TIMEOUT", l.g.DrainTimeout},
+		{"LEADERCRON_DRAIN_INTERVAL", l.g.DrainInterval},
+		{"LEADERCRON_TRIGGER_TIMEOUT", l.g.TriggerTimeout},
+		{"LEADERCRON_APP_HEALTH_INTERVAL", l.g.AppHealthInterval},
 	}
 	for _, p := range positive {
-		if p.d <= 0 && environ[p.name] != "" && !hasProblem(ps, p.name) {
-			add(p.name, environ[p.name], "must be a positive duration")
+		if p.d <= 0 && l.environ[p.name] != "" && !hasProblem(l.ps, p.name) {
+			l.add(p.name, l.environ[p.name], "must be a positive duration")
 		}
 	}
-	if g.SessionTTL > 24*time.Hour {
-		add("LEADERCRON_SESSION_TTL", environ["LEADERCRON_SESSION_TTL"], "must be at most 24h (Consul's maximum)")
+	if l.g.SessionTTL > 24*time.Hour {
+		l.add("LEADERCRON_SESSION_TTL", l.environ["LEADERCRON_SESSION_TTL"], "must be at most 24h (Consul's maximum)")
 	}
-	if g.LockDelay > maxLockDelay {
-		add("LEADERCRON_LOCK_DELAY", environ["LEADERCRON_LOCK_DELAY"], "must be at most 60s (Consul caps it there)")
+	if l.g.LockDelay > maxLockDelay {
+		l.add("LEADERCRON_LOCK_DELAY", l.environ["LEADERCRON_LOCK_DELAY"], "must be at most 60s (Consul caps it there)")
 	}
 
-	cfg.LogLevel = hclog.LevelFromString(g.LogLevel)
-	if cfg.LogLevel == hclog.NoLevel {
-		add("LEADERCRON_LOG_LEVEL", g.LogLevel, "must be trace, debug, info, warn, error or off")
+}
+
+// logging: the level and the format.
+func (l *loader) logging() {
+	l.cfg.LogLevel = hclog.LevelFromString(l.g.LogLevel)
+	if l.cfg.LogLevel == hclog.NoLevel {
+		l.add("LEADERCRON_LOG_LEVEL", l.g.LogLevel, "must be trace, debug, info, warn, error or off")
 	}
-	switch g.LogFormat {
+	switch l.g.LogFormat {
 	case "json":
-		cfg.LogJSON = true
+		l.cfg.LogJSON = true
 	case "text":
 	default:
-		add("LEADERCRON_LOG_FORMAT", g.LogFormat, "must be json or text")
+		l.add("LEADERCRON_LOG_FORMAT", l.g.LogFormat, "must be json or text")
 	}
 
-	var sps Problems
-	cfg.TriggerSecret, sps = loadSecret(environ, triggerSecretVar)
-	ps = append(ps, sps...)
-	cfg.AdminToken, sps = loadSecret(environ, adminTokenVar)
-	ps = append(ps, sps...)
+}
 
+// unknownVariables: a LEADERCRON_ variable the sidecar does not know is a
+// problem (a typo such as LEADERCRON_SESION_TTL), never ignored.
+func (l *loader) unknownVariables() {
 	known := knownGlobals()
-	for _, k := range sortedKeys(environ, "LEADERCRON_") {
+	for _, k := range sortedKeys(l.environ, "LEADERCRON_") {
 		if !strings.HasPrefix(k, JobPrefix) && !known[k] {
-			value := environ[k]
+			value := l.environ[k]
 			if sensitiveName(k) {
 				value = "" // a misspelt secret variable still holds the secret
 			}
-			add(k, value, "unknown variable (a typo? jobs are %s<NAME>)", JobPrefix)
+			l.add(k, value, "unknown variable (a typo? jobs are %s<NAME>)", JobPrefix)
 		}
 	}
 
-	jobs, jps := loadJobs(environ, g.TriggerTimeout)
-	ps = append(ps, jps...)
-	cfg.Jobs = jobs
-
-	if len(ps) > 0 {
-		return Config{}, ps
-	}
-	return cfg, nil
 }
 
 func parseAppURL(raw string) (*url.URL, string) {
