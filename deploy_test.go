@@ -696,6 +696,11 @@ func checkManifestEnv(t *testing.T, file string, env map[string]string) config.C
 	if host, _, _ := net.SplitHostPort(cfg.Listen); !net.ParseIP(host).IsLoopback() {
 		t.Errorf("%s: LEADERCRON_LISTEN=%s should stay on loopback", file, cfg.Listen)
 	}
+	for _, j := range cfg.Jobs {
+		if j.Timeout >= cfg.DrainTimeout {
+			t.Errorf("%s: job %s: timeout %s is not below LEADERCRON_DRAIN_TIMEOUT %s: a run the drain cannot wait for is cut off by a deploy", file, j.Name, j.Timeout, cfg.DrainTimeout)
+		}
+	}
 	return cfg
 }
 
@@ -763,6 +768,12 @@ func TestNomadJob(t *testing.T) {
 	}
 	if regexp.MustCompile(`(?m)^\s*lifecycle\s*\{`).MatchString(task) {
 		t.Errorf("%s: the leadercron task has a lifecycle block; lifecycle sidecars are stopped last", file)
+	}
+	// The header promises that a sidecar that fails for good stops the
+	// group; mode = "delay" never gives up.
+	restart := mustMatch(t, file, task, `(?s)\n\s*restart \{\n(.*?)\n\s*\}`)[1]
+	if !regexp.MustCompile(`(?m)^\s*mode\s*=\s*"fail"\s*$`).MatchString(restart) {
+		t.Errorf("%s: the leadercron task's restart block is not mode = \"fail\": it would restart forever and the group would never stop\n%s", file, restart)
 	}
 	kill, err := time.ParseDuration(mustMatch(t, file, task, `(?m)^\s*kill_timeout\s*=\s*"([^"]+)"`)[1])
 	if err != nil {
