@@ -377,6 +377,56 @@ func imageEntrypoint(t *testing.T) []string {
 
 func TestDockerfile(t *testing.T) {
 	imageEntrypoint(t)
+
+	t.Run("pinned by digest", func(t *testing.T) {
+		b, err := os.ReadFile("Dockerfile")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pinned := regexp.MustCompile(`^[^@\s]+:[^@\s]+@sha256:[0-9a-f]{64}$`)
+		first, _, _ := strings.Cut(string(b), "\n")
+		if syntax, ok := strings.CutPrefix(first, "# syntax="); !ok || !pinned.MatchString(syntax) {
+			t.Errorf("Dockerfile's first line %q: want # syntax=docker/dockerfile:<version>@sha256:<digest>", first)
+		}
+		gomod, err := os.ReadFile("go.mod")
+		if err != nil {
+			t.Fatal(err)
+		}
+		goVersion := mustMatch(t, "go.mod", string(gomod), `(?m)^go (\S+)$`)[1]
+		stages := map[string]bool{"scratch": true}
+		golang := 0
+		for _, in := range readDockerfile(t) {
+			if in.Cmd != "FROM" {
+				continue
+			}
+			f := strings.Fields(in.Args)
+			for len(f) > 0 && strings.HasPrefix(f[0], "--") {
+				f = f[1:]
+			}
+			if len(f) == 0 {
+				t.Fatalf("FROM %s names no image", in.Args)
+			}
+			image := f[0]
+			if len(f) == 3 && strings.EqualFold(f[1], "AS") {
+				stages[f[2]] = true // later stages may build FROM it
+			}
+			if stages[image] && image != f[len(f)-1] {
+				continue
+			}
+			if !pinned.MatchString(image) {
+				t.Errorf("FROM %s: want <image>:<tag>@sha256:<digest>", image)
+			}
+			if strings.HasPrefix(image, "golang:") {
+				golang++
+				if want := "golang:" + goVersion + "-"; !strings.HasPrefix(image, want) {
+					t.Errorf("FROM %s: the builder's Go is not go.mod's go %s (scripts/build.sh runs with GOTOOLCHAIN=local)", image, goVersion)
+				}
+			}
+		}
+		if golang != 1 {
+			t.Errorf("%d golang builder stages, want 1", golang)
+		}
+	})
 }
 
 // taskDefinition is the part of an ECS task definition the tests read.
@@ -696,6 +746,11 @@ func checkManifestEnv(t *testing.T, file string, env map[string]string) config.C
 	if host, _, _ := net.SplitHostPort(cfg.Listen); !net.ParseIP(host).IsLoopback() {
 		t.Errorf("%s: LEADERCRON_LISTEN=%s should stay on loopback", file, cfg.Listen)
 	}
+	for _, j := range cfg.Jobs {
+		if j.Timeout >= cfg.DrainTimeout {
+			t.Errorf("%s: job %s: timeout %s is not below LEADERCRON_DRAIN_TIMEOUT %s: a run the drain cannot wait for is cut off by a deploy", file, j.Name, j.Timeout, cfg.DrainTimeout)
+		}
+	}
 	return cfg
 }
 
@@ -763,6 +818,12 @@ func TestNomadJob(t *testing.T) {
 	}
 	if regexp.MustCompile(`(?m)^\s*lifecycle\s*\{`).MatchString(task) {
 		t.Errorf("%s: the leadercron task has a lifecycle block; lifecycle sidecars are stopped last", file)
+	}
+	// The header promises that a sidecar that fails for good stops the
+	// group; mode = "delay" never gives up.
+	restart := mustMatch(t, file, task, `(?s)\n\s*restart \{\n(.*?)\n\s*\}`)[1]
+	if !regexp.MustCompile(`(?m)^\s*mode\s*=\s*"fail"\s*$`).MatchString(restart) {
+		t.Errorf("%s: the leadercron task's restart block is not mode = \"fail\": it would restart forever and the group would never stop\n%s", file, restart)
 	}
 	kill, err := time.ParseDuration(mustMatch(t, file, task, `(?m)^\s*kill_timeout\s*=\s*"([^"]+)"`)[1])
 	if err != nil {

@@ -9,6 +9,12 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	// The IANA time zone database, embedded (about 450 KB), so that a
+	// job's tz= resolves in any image, FROM scratch included, and
+	// leadercron validate on a workstation agrees with the sidecar in the
+	// container. The time package uses it only when the system has no
+	// zoneinfo, so a system database, when present, is still preferred.
+	_ "time/tzdata"
 
 	"github.com/leadercron/leadercron/internal/cli"
 )

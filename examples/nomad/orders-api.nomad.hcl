@@ -19,9 +19,16 @@
 # task: sidecars are stopped LAST, after the app, so the drain would find
 # the app gone. Nomad has no preStop hook to make up for that.
 #
-# The other half of leader = true: if the leadercron task dies for good
-# (its restart attempts used up), Nomad stops the whole group, app
-# included. That is what the restart block below is for.
+# The other side of it: if the leadercron task fails for good, Nomad stops
+# the whole group, app included, and reschedules the allocation (the
+# group's reschedule policy; for a service job by default without limit,
+# 30 s apart and doubling). "For good" is what the restart block below
+# defines: mode = "fail" gives up after 5 restarts within 5 minutes and
+# marks the task failed, which stops its siblings. (mode = "delay" would
+# never give up: it waits out the interval and tries again, so the app
+# would keep running without a scheduler beside it and the group would
+# never be replaced.) The sidecars of the other allocations keep the
+# fleet's schedule going meanwhile.
 #
 # kill_timeout is the time between SIGTERM and SIGKILL. Nomad silently caps
 # it at the client's max_kill_timeout (client { max_kill_timeout = ... },
@@ -84,11 +91,13 @@ job "orders-api" {
       kill_timeout = "60s"
       kill_signal  = "SIGTERM"
 
+      # Give up after 5 restarts within 5 minutes: the task then fails, and
+      # Nomad stops the group and reschedules it (see the header).
       restart {
         attempts = 5
         interval = "5m"
         delay    = "5s"
-        mode     = "delay"
+        mode     = "fail"
       }
 
       env {
@@ -102,10 +111,25 @@ job "orders-api" {
         LEADERCRON_APP_HEALTH_URL  = "http://127.0.0.1:8080/healthz"
         LEADERCRON_LISTEN          = "127.0.0.1:9090"
         LEADERCRON_DRAIN_TIMEOUT   = "45s"
-        LEADERCRON_JOB_SEND_REPORT = "0 9 * * MON-FRI tz=Europe/Berlin timeout=5m"
+        # Every job's deadline (timeout=, 10m by default) below the drain:
+        # a run still going when the drain gives up is cut off when Nomad
+        # stops the app. A job that needs longer needs a longer drain, and
+        # kill_timeout and the clients' max_kill_timeout with it.
+        LEADERCRON_TRIGGER_TIMEOUT = "40s"
+        LEADERCRON_JOB_SEND_REPORT = "0 9 * * MON-FRI tz=Europe/Berlin"
         LEADERCRON_JOB_SYNC_PRICES = "*/5 * * * *"
         # Nomad clients usually run a Consul agent; reach it from the
-        # bridge network through the host's address.
+        # bridge network through the host's address. The agent listens on
+        # 127.0.0.1 only by default (client_addr), and 127.0.0.1 inside the
+        # bridge network is the allocation's own: set client_addr on every
+        # client's Consul agent to include this address as well, e.g.
+        #   client_addr = "127.0.0.1 {{ GetPrivateIP }}"
+        # and check that it is the one Nomad fingerprints
+        # (nomad node status -self -verbose | grep unique.network.ip-address).
+        # The agent's HTTP API is then reachable from the network: keep ACLs
+        # on with default_policy = "deny", and firewall port 8500 to the host
+        # or use HTTPS (port 8501, CONSUL_HTTP_ADDR = "https://...:8501" and
+        # CONSUL_CACERT).
         CONSUL_HTTP_ADDR = "${attr.unique.network.ip-address}:8500"
         GOMEMLIMIT       = "64MiB"
       }

@@ -35,6 +35,14 @@
 // and should not, be reachable from anywhere else. On shutdown, call Drain,
 // then Wait, then shut the server down (see Handler.Drain).
 //
+// The package imports the standard library only. Add it to a module with
+//
+//	go get github.com/leadercron/leadercron/examples/go/jobs
+//
+// (it belongs to the sidecar's module, whose go line, 1.26.8, becomes the
+// minimum of yours). Example shows a whole exchange over a real listener;
+// ExampleSignRequest shows how to test jobs without a sidecar.
+//
 // # Authentication
 //
 // Whoever can send POST /jobs/{name} runs jobs, whoever can send POST
