@@ -552,6 +552,11 @@ func TestECSTaskDefinition(t *testing.T) {
 	if cfg.Lock != config.LockConsul {
 		t.Errorf("LEADERCRON_LOCK=%s: a fleet needs the consul lock", cfg.Lock)
 	}
+	for _, j := range cfg.Jobs {
+		if j.Timeout >= cfg.DrainTimeout {
+			t.Errorf("job %s: timeout %s is not below LEADERCRON_DRAIN_TIMEOUT %s: a run the drain cannot wait for is cut off by a deploy", j.Name, j.Timeout, cfg.DrainTimeout)
+		}
+	}
 	if len(cfg.Jobs) == 0 {
 		t.Errorf("the task definition configures no jobs")
 	}

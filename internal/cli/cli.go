@@ -17,6 +17,7 @@ import (
 	"github.com/leadercron/leadercron/internal/config"
 	"github.com/leadercron/leadercron/internal/ecsmeta"
 	"github.com/leadercron/leadercron/internal/leader"
+	"github.com/leadercron/leadercron/internal/logfmt"
 )
 
 // Exit codes.
@@ -141,10 +142,12 @@ func defaults(ctx context.Context, env map[string]string, stderr io.Writer) conf
 }
 
 func newLogger(cfg config.Config, out io.Writer) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{
+	// logfmt writes durations with their unit ("25s"), not as hclog's
+	// bare nanoseconds in JSON.
+	return logfmt.Durations(hclog.New(&hclog.LoggerOptions{
 		Name:       "leadercron",
 		Level:      cfg.LogLevel,
 		JSONFormat: cfg.LogJSON,
 		Output:     out,
-	}).With("id", cfg.ID)
+	})).With("id", cfg.ID)
 }
