@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
@@ -108,121 +109,164 @@ func New(client *api.Client, opts Options, log hclog.Logger) *Elector {
 // When lead returns nil while still holding the lock (a shutdown, or a
 // handover), the key is released, the session destroyed, and Run returns
 // nil. When leadership was lost, Run campaigns again with a new session
-// unless ctx is done. When lead returns an error, Run stops renewing without releasing (the lock then expires by TTL
-// plus lock-delay) and returns that error. Run also returns an error
-// wrapping ErrSessionRejected when Consul refuses the session settings.
+// unless ctx is done. When lead returns an error, Run stops renewing
+// without releasing (the lock then expires by TTL plus lock-delay) and
+// returns that error. Run also returns an error wrapping
+// ErrSessionRejected when Consul refuses the session settings.
 func (e *Elector) Run(ctx context.Context, lead func(context.Context, *Term) error) error {
-	var (
-		s       *session
-		index   uint64
-		backoff = e.opts.RetryInterval
-	)
-	defer func() {
-		if s != nil {
-			// An acquire cut short by ctx may have been applied:
-			// release what the session may hold before destroying
-			// it, or the key would get the lock-delay and keep the
-			// fleet leaderless that long.
-			e.release(s, true)
-			s.destroy()
+	for {
+		s, token, err := e.acquire(ctx)
+		if err != nil || s == nil {
+			return err
 		}
-	}()
-	pause := func() bool {
-		t := time.NewTimer(backoff)
-		defer t.Stop()
-		backoff = min(backoff*2, 5*time.Second)
-		select {
-		case <-ctx.Done():
-			return false
-		case <-t.C:
-			return true
-		}
-	}
-	for ctx.Err() == nil {
-		holder, next, err := e.watch(ctx, index)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			e.opts.Metrics.ConsulError(metrics.OpWatch)
-			e.log.Warn("read lock key failed", "key", e.opts.Keys.Lock(), "error", err)
-			index = 0
-			if !pause() {
-				return nil
-			}
-			continue
-		}
-		index = next
-		if holder != "" && (s == nil || holder != s.id) {
-			// Held by a peer: wait on the blocking query. A session
-			// kept from an earlier attempt holds nothing; drop it so
-			// standbys cost Consul no renewals.
-			if s != nil {
-				s.destroy()
-				s = nil
-			}
-			backoff = e.opts.RetryInterval
-			continue
-		}
-		if s != nil && s.lostCause() != nil {
-			s.destroy()
-			s = nil
-		}
-		if s == nil {
-			s, err = newSession(ctx, e.client, &e.opts, e.log)
-			if errors.Is(err, ErrSessionRejected) {
-				return err
-			}
-			if err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				e.opts.Metrics.ConsulError(metrics.OpSessionCreate)
-				e.log.Warn("create session failed", "error", err)
-				// The key was free: read it again at once after the
-				// pause, not with a blocking query that would wait
-				// for a change that may never come (a leaderless
-				// fleet for WaitTime).
-				index = 0
-				if !pause() {
-					return nil
-				}
-				continue
-			}
-		}
-		token, err := e.acquire(ctx, s)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			if !errors.Is(err, errLockDelay) && !errors.Is(err, errHeld) {
-				e.opts.Metrics.ConsulError(metrics.OpAcquire)
-				e.log.Warn("acquire lock failed", "key", e.opts.Keys.Lock(), "error", err)
-			} else {
-				e.log.Debug("lock not acquired", "key", e.opts.Keys.Lock(), "reason", err)
-			}
-			// Ask again at once on the next round; while a
-			// lock-delay holds the free key no blocking query would
-			// wake us, so pace the attempts instead.
-			index = 0
-			if errors.Is(err, errLockDelay) {
-				backoff = e.opts.RetryInterval
-			}
-			if !pause() {
-				return nil
-			}
-			continue
-		}
-		backoff = e.opts.RetryInterval
-		held := s
-		s = nil // from here hold owns the session
-		lost, err := e.hold(ctx, held, token, lead)
+		lost, err := e.hold(ctx, s, token, lead)
 		if err != nil || !lost {
 			return err
 		}
-		index = 0
 	}
-	return nil
+}
+
+// acquire campaigns until this sidecar's session holds the lock key, and
+// returns that session, now the caller's, with the fencing token. It
+// returns a nil session when ctx ends, and an error only when Consul
+// refuses the session settings.
+func (e *Elector) acquire(ctx context.Context) (*session, uint64, error) {
+	c := &campaign{e: e, pause: e.newBackoff()}
+	defer c.close()
+	for ctx.Err() == nil {
+		token, err := c.attempt(ctx)
+		switch {
+		case errors.Is(err, ErrSessionRejected):
+			return nil, 0, err
+		case err == nil && token != 0:
+			return c.handOff(), token, nil
+		case err != nil && !c.sleep(ctx):
+			return nil, 0, nil
+		}
+	}
+	return nil, 0, nil
+}
+
+// newBackoff paces retries after failed requests: from RetryInterval,
+// doubling up to 5 s, with ±20 % jitter so that the standbys of a fleet do
+// not retry a recovering Consul in lockstep. 5 s bounds how long a fleet
+// stays leaderless after Consul comes back; the jitter is small enough
+// that a lock-delay retry stays within RetryInterval×1.2.
+func (e *Elector) newBackoff() *backoff.ExponentialBackOff {
+	return &backoff.ExponentialBackOff{InitialInterval: e.opts.RetryInterval, RandomizationFactor: 0.2,
+		Multiplier: 2, MaxInterval: 5 * time.Second}
+}
+
+// campaign is one acquire: the session it campaigns with (nil until one
+// is created), the lock key's index to wait on (0 reads at once), and the
+// pace of its retries.
+type campaign struct {
+	e     *Elector
+	s     *session
+	index uint64
+	pause *backoff.ExponentialBackOff
+}
+
+// attempt is one round: read the lock key (a blocking query while a peer
+// holds it), and if it is free, acquire it with this campaign's session,
+// creating one if needed. It returns the fencing token on success, 0 and a
+// nil error to wait on the key again, and an error to retry after a pause.
+func (c *campaign) attempt(ctx context.Context) (uint64, error) {
+	e := c.e
+	holder, next, err := e.watch(ctx, c.index)
+	if err != nil {
+		return 0, c.fail(ctx, metrics.OpWatch, "read lock key failed", err)
+	}
+	c.index = next
+	if holder != "" && (c.s == nil || holder != c.s.id) {
+		// Held by a peer: wait on the blocking query. A session kept
+		// from an earlier attempt holds nothing; drop it so standbys
+		// cost Consul no renewals.
+		c.dropSession()
+		c.pause.Reset()
+		return 0, nil
+	}
+	if c.s != nil && c.s.lostCause() != nil {
+		c.dropSession()
+	}
+	if c.s == nil {
+		if c.s, err = newSession(ctx, e.client, &e.opts, e.log); err != nil {
+			if errors.Is(err, ErrSessionRejected) {
+				return 0, err
+			}
+			// The key was free: read it again at once after the
+			// pause, not with a blocking query that would wait for
+			// a change that may never come (a leaderless fleet for
+			// WaitTime).
+			return 0, c.fail(ctx, metrics.OpSessionCreate, "create session failed", err)
+		}
+	}
+	token, err := e.acquireKey(ctx, c.s)
+	switch {
+	case err == nil:
+		c.pause.Reset()
+		return token, nil
+	case errors.Is(err, errLockDelay) || errors.Is(err, errHeld):
+		e.log.Debug("lock not acquired", "key", e.opts.Keys.Lock(), "reason", err)
+		if errors.Is(err, errLockDelay) {
+			// No blocking query wakes us while a lock-delay holds
+			// the free key: pace the attempts instead.
+			c.pause.Reset()
+		}
+		c.index = 0
+		return 0, err
+	default:
+		return 0, c.fail(ctx, metrics.OpAcquire, "acquire lock failed", err)
+	}
+}
+
+// fail records a failed request, unless ctx ended (then the failure is
+// the cancellation), and makes the next attempt read the key at once.
+func (c *campaign) fail(ctx context.Context, op metrics.ConsulOp, msg string, err error) error {
+	c.index = 0
+	if ctx.Err() == nil {
+		c.e.opts.Metrics.ConsulError(op)
+		c.e.log.Warn(msg, "key", c.e.opts.Keys.Lock(), "error", err)
+	}
+	return err
+}
+
+// sleep waits out the next pause; false means ctx ended.
+func (c *campaign) sleep(ctx context.Context) bool {
+	t := time.NewTimer(c.pause.NextBackOff())
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// handOff gives the campaign's session, which holds the lock, to the
+// caller: close no longer touches it.
+func (c *campaign) handOff() *session {
+	s := c.s
+	c.s = nil
+	return s
+}
+
+func (c *campaign) dropSession() {
+	if c.s != nil {
+		c.s.destroy()
+		c.s = nil
+	}
+}
+
+// close ends a campaign that did not hand its session off. An acquire cut
+// short by ctx may have been applied: release what the session may hold
+// before destroying it, or the key would get the lock-delay and keep the
+// fleet leaderless that long.
+func (c *campaign) close() {
+	if c.s != nil {
+		c.e.release(c.s, true)
+		c.dropSession()
+	}
 }
 
 // watch reads the lock key with a blocking query from index and returns
@@ -250,9 +294,9 @@ var (
 	errHeld      = errors.New("lock held by another session")
 )
 
-// acquire takes the lock key for s in one Txn that also reads the key back,
-// so the fencing token is the index of the acquiring write itself.
-func (e *Elector) acquire(ctx context.Context, s *session) (uint64, error) {
+// acquireKey takes the lock key for s in one Txn that also reads the key
+// back, so the fencing token is the index of the acquiring write itself.
+func (e *Elector) acquireKey(ctx context.Context, s *session) (uint64, error) {
 	value, err := json.Marshal(kvlayout.LockValue{ID: e.opts.ID, Service: e.opts.Service, Since: time.Now().UTC()})
 	if err != nil {
 		return 0, fmt.Errorf("acquire %s: encode value: %w", e.opts.Keys.Lock(), err)

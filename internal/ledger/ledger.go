@@ -6,11 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/hashicorp/consul/api"
 
 	"github.com/leadercron/leadercron/internal/kvlayout"
@@ -59,7 +59,8 @@ func wopts(ctx context.Context) *api.WriteOptions { return (&api.WriteOptions{})
 func (s *Store) Append(ctx context.Context, job string, e kvlayout.Entry) error {
 	key := s.keys.History(job)
 	e.Slot, e.At = e.Slot.UTC(), e.At.UTC()
-	for attempt := range maxCASAttempts {
+	pause := casBackoff()
+	for range maxCASAttempts {
 		list, index, err := s.history(ctx, key)
 		if err != nil {
 			return fmt.Errorf("append history of %s: %w", job, err)
@@ -79,7 +80,7 @@ func (s *Store) Append(ctx context.Context, job string, e kvlayout.Entry) error 
 		if ok {
 			return nil
 		}
-		if err := backoff(ctx, attempt); err != nil {
+		if err := sleep(ctx, pause.NextBackOff()); err != nil {
 			return fmt.Errorf("append history of %s: %w", job, err)
 		}
 	}
@@ -102,11 +103,17 @@ func insert(list []kvlayout.Entry, e kvlayout.Entry) []kvlayout.Entry {
 	return list
 }
 
-// backoff sleeps a jittered 2^attempt ms, at most about 100 ms, or until
-// ctx ends.
-func backoff(ctx context.Context, attempt int) error {
-	d := time.Duration(1<<min(attempt, 6)) * time.Millisecond
-	d += mrand.N(d + time.Millisecond)
+// casBackoff paces Append's retries after a lost check-and-set: from 1 ms,
+// doubling up to 64 ms, with ±50 % jitter so that writers that collided do
+// not collide again. The writers are one leader's history queue and an
+// operator's command, so a conflict clears in a round or two.
+func casBackoff() *backoff.ExponentialBackOff {
+	return &backoff.ExponentialBackOff{InitialInterval: time.Millisecond, RandomizationFactor: 0.5,
+		Multiplier: 2, MaxInterval: 64 * time.Millisecond}
+}
+
+// sleep waits d, or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

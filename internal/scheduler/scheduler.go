@@ -661,6 +661,10 @@ func (s *Scheduler) run(ctx context.Context, term Term, log hclog.Logger, j Job,
 			}
 			return lr
 		}
+		// backoff= doubles exactly, as documented, with no jitter: one
+		// sidecar retries its own app, so there is no herd to spread,
+		// and the retry times stay predictable (and testable with the
+		// fake clock). The Consul retries use cenkalti/backoff instead.
 		wait := j.Backoff << (attempt - 1)
 		if !s.clock.Now().Add(wait).Before(r.Deadline) {
 			log.Warn("trigger failed, no time left to retry", "slot", slotString(r.Slot), "attempt", attempt, "http_status", res.Status, "error", res.Err)
