@@ -13,7 +13,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { keyId, loadTriggerSecrets, type LeadercronRun } from '../src/leadercron/index.js';
+import { keyId, loadTriggerSecrets, type LeadercronRun } from '@leadercron/nestjs';
 import { nextEvent, startApp, type Recorded, type TestApp } from './helpers.js';
 
 const bin = process.env.LEADERCRON_BIN;

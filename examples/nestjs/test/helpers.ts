@@ -14,7 +14,7 @@ import {
   wirePath,
   type LeadercronModuleOptions,
   type LeadercronRun,
-} from '../src/leadercron/index.js';
+} from '@leadercron/nestjs';
 
 /** One request the app received and what it answered. */
 export interface Recorded {
