@@ -74,7 +74,7 @@
  *   - Without secrets, anything that can connect from a loopback address
  *     (another process on the host or in the pod/task) can trigger.
  */
-export { Codes, Headers, type LeadercronRun, BadTriggerError, parseTrigger, formatTime } from './contract.js';
+export { Codes, Headers, type LeadercronRun, BadTriggerError, parseTrigger, formatTime, leadercronRun } from './contract.js';
 export { isLoopback, loadTriggerSecrets, resolveTriggerKeys, SecretEnv } from './auth.js';
 export {
   keyId,
