@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Tests the NestJS example (examples/nestjs) against the real sidecar:
-# installs its npm dependencies from the committed package-lock.json
-# (npm ci), compiles the TypeScript, builds the sidecar binary, and runs the
-# module's tests plus the end-to-end test (app + sidecar in standalone mode,
-# triggers, SIGTERM, drain). Needs node >= 20.19 with npm, and Go.
-# scripts/test.sh runs it; it takes about 15 s once npm's cache is warm.
+# Tests the NestJS package @leadercron/nestjs (examples/nestjs) against the
+# real sidecar: installs its npm dependencies from the committed
+# package-lock.json (npm ci), builds the package (dist/) and its tests and
+# demo app (build/), builds the sidecar binary, runs the package's tests
+# plus the end-to-end tests (app + sidecar in standalone mode, triggers,
+# route prefix, SIGTERM, drain), then scripts/test-nestjs-pack.sh: the
+# *packed* tarball installed into a fresh Nest app (NestJS 12, then 11),
+# compiled, and run behind the sidecar. Needs node >= 20.19 with npm, Go,
+# and the npm registry or a warm npm cache; under CI=true a failed install
+# fails. scripts/test.sh runs it; about 70 s once npm's cache is warm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -35,7 +39,11 @@ go build -o "$bin/leadercron" .
 cd "$root/examples/nestjs"
 echo "== npm ci (examples/nestjs)"
 npm ci --no-audit --no-fund --prefer-offline --loglevel=error
-echo "== tsc"
+echo "== tsc (the package, then its tests and demo app)"
 npm run --silent build
+npm run --silent build:test
 echo "== node --test (examples/nestjs)"
 LEADERCRON_BIN="$bin/leadercron" npm test --silent
+
+cd "$root"
+scripts/test-nestjs-pack.sh "$bin/leadercron"

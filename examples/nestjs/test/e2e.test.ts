@@ -13,8 +13,8 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { keyId, loadTriggerSecrets, type LeadercronRun } from '../src/leadercron/index.js';
-import { nextEvent, startApp, type Recorded, type TestApp } from './helpers.js';
+import { keyId, LeadercronModule, loadTriggerSecrets, type LeadercronRun } from '@leadercron/nestjs';
+import { nextEvent, silent, startApp, startAppWith, type Recorded, type TestApp } from './helpers.js';
 
 const bin = process.env.LEADERCRON_BIN;
 if (!bin && process.env.CI === 'true') {
@@ -191,6 +191,84 @@ describe('NestJS app next to the sidecar (standalone)', { skip: bin ? false : 'L
       assert.ok(last.at <= exitAt, 'the sidecar exited after the drain');
       assert.ok(triggers.every((r) => r.at <= drains[0]!.at), 'no trigger after the drain began');
       assert.equal(t.registry.running, 0);
+    } catch (err) {
+      ctx.diagnostic(`sidecar log:\n${sidecarLog}`);
+      throw err;
+    }
+  });
+});
+
+describe('with a route prefix (forRootAsync), the sidecar keeps the base path of LEADERCRON_APP_URL', { skip: bin ? false : 'LEADERCRON_BIN not set (scripts/test-examples.sh sets it)' }, () => {
+  const prefix = '/internal/leadercron';
+  const secret = randomBytes(32).toString('hex');
+  let t: TestApp;
+  let sidecar: ChildProcess;
+  let sidecarLog = '';
+  let admin = '';
+
+  before(async () => {
+    t = await startAppWith(
+      LeadercronModule.forRootAsync({
+        useFactory: async () => ({ prefix, listen: '127.0.0.1:0', secrets: [secret], logger: silent }),
+      }),
+    );
+    admin = `127.0.0.1:${await freePort()}`;
+    sidecar = spawn(bin!, [], {
+      env: {
+        PATH: process.env.PATH ?? '',
+        HOME: process.env.HOME ?? '',
+        LEADERCRON_LOCK: 'none',
+        LEADERCRON_SERVICE: 'nestjs-e2e-prefix',
+        LEADERCRON_ID: 'nestjs-e2e-prefix-1',
+        LEADERCRON_APP_URL: t.url, // http://127.0.0.1:<port>/internal/leadercron
+        LEADERCRON_TRIGGER_SECRET: secret,
+        LEADERCRON_LISTEN: admin,
+        LEADERCRON_LOG_FORMAT: 'json',
+        LEADERCRON_DRAIN_INTERVAL: '200ms',
+        LEADERCRON_DRAIN_TIMEOUT: '10s',
+        LEADERCRON_JOB_TICK: '* * * * * *',
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    sidecar.stdout!.on('data', (d) => (sidecarLog += d));
+    sidecar.stderr!.on('data', (d) => (sidecarLog += d));
+  });
+
+  after(async () => {
+    if (sidecar && sidecar.exitCode === null && sidecar.signalCode === null) {
+      sidecar.kill('SIGKILL');
+      await once(sidecar, 'exit');
+    }
+    await t?.close();
+  });
+
+  it('triggers POST /internal/leadercron/jobs/tick and drains on POST /internal/leadercron/drain, signed over the whole path', async (ctx) => {
+    const exited = once(sidecar, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
+    try {
+      assert.match(t.url, /^http:\/\/127\.0\.0\.1:\d+\/internal\/leadercron$/);
+      const first = await poll('the first trigger', 10_000, async () => t.requests.find((r) => r.path.includes('/jobs/')));
+      assert.equal(first.path, `${prefix}/jobs/tick`);
+      assert.equal(first.status, 200, `the app answered ${first.status} ${JSON.stringify(first.answer)}`);
+      await nextEvent(t.jobs.events, 'end', 'tick');
+      await nextEvent(t.jobs.events, 'end', 'tick');
+
+      sidecar.kill('SIGTERM');
+      const [code, signal] = await exited;
+      assert.equal(signal, null);
+      assert.equal(code, 0, 'the sidecar exits 0 after a drain');
+
+      const triggers = t.requests.filter((r) => r.path !== `${prefix}/drain`);
+      assert.ok(triggers.length >= 2, `at least 2 triggers, got ${triggers.length}`);
+      for (const r of triggers) {
+        assert.equal(r.path, `${prefix}/jobs/tick`);
+        assert.equal(r.status, 200, `${r.path} answered ${r.status} ${JSON.stringify(r.answer)}`);
+        assert.match(String(r.headers['leadercron-signature']), new RegExp(`^t=\\d+,kid=${keyId(secret)},v1=[0-9a-f]{64}$`));
+      }
+      const drains = t.requests.filter((r) => r.path === `${prefix}/drain`);
+      assert.ok(drains.length >= 1, 'the sidecar drained the app under the prefix');
+      assert.deepEqual(drains[drains.length - 1]!.answer, { running: 0 });
+      assert.ok(drains.every((d) => d.status === 200));
+      assert.equal(t.registry.isDraining, true);
     } catch (err) {
       ctx.diagnostic(`sidecar log:\n${sidecarLog}`);
       throw err;

@@ -14,7 +14,7 @@ import {
   wirePath,
   type LeadercronModuleOptions,
   type LeadercronRun,
-} from '../src/leadercron/index.js';
+} from '@leadercron/nestjs';
 
 /** One request the app received and what it answered. */
 export interface Recorded {
@@ -134,16 +134,21 @@ export interface TestApp {
  * (whatever the environment) and a silent logger.
  */
 export async function startApp(options: LeadercronModuleOptions = {}): Promise<TestApp> {
+  return startAppWith(LeadercronModule.forRoot({ logger: silent, listen: '127.0.0.1:0', secrets: [], ...options }));
+}
+
+/**
+ * Starts the test app (TestJobs and its public port on a free loopback
+ * port) around the given LeadercronModule import, e.g. a forRootAsync one.
+ */
+export async function startAppWith(leadercron: DynamicModule): Promise<TestApp> {
   @Module({ providers: [TestJobs] })
   class TestAppModule {
-    static with(opts: LeadercronModuleOptions): DynamicModule {
-      return { module: TestAppModule, imports: [LeadercronModule.forRoot(opts)] };
+    static with(imported: DynamicModule): DynamicModule {
+      return { module: TestAppModule, imports: [imported] };
     }
   }
-  const app = await NestFactory.create(
-    TestAppModule.with({ logger: silent, listen: '127.0.0.1:0', secrets: [], ...options }),
-    { logger: false },
-  );
+  const app = await NestFactory.create(TestAppModule.with(leadercron), { logger: false });
   await app.listen(0, '127.0.0.1');
   const listener = app.get(LeadercronListener);
   const requests = record(listener);
@@ -188,7 +193,7 @@ function record(listener: LeadercronListener): Recorded[] {
   return requests;
 }
 
-const silent = { log() {}, warn() {}, error() {} };
+export const silent = { log() {}, warn() {}, error() {} };
 
 /** The next event `name` on em whose first argument is job. */
 export async function nextEvent(em: EventEmitter, name: 'start' | 'end', job: string): Promise<LeadercronRun> {

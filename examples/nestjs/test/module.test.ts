@@ -2,7 +2,7 @@
 // Nest app. Each case states the answer examples/go/jobs gives too.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { BadTriggerError, parseTrigger } from '../src/leadercron/index.js';
+import { BadTriggerError, parseTrigger } from '@leadercron/nestjs';
 import { Gate, nextEvent, post, send, startApp, trigger, type TestApp } from './helpers.js';
 
 const second = (offset: number) => new Date((Math.floor(Date.now() / 1000) + offset) * 1000);

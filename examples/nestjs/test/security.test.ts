@@ -26,7 +26,7 @@ import {
   signTrigger,
   verifyTrigger,
   type LeadercronRun,
-} from '../src/leadercron/index.js';
+} from '@leadercron/nestjs';
 import { bodyText, drainRequest, post, rawPost, send, signed, startApp, trigger, type TestApp, type TriggerRequest } from './helpers.js';
 
 const SECRET = 'test-secret-0123456789abcdef-0123456789';

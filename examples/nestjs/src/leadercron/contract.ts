@@ -225,3 +225,25 @@ export function parseTrigger(name: string, headers: HeaderBag, body: unknown): T
     ...(typeof sidecarId === 'string' ? { sidecarId } : {}),
   };
 }
+
+/**
+ * A LeadercronRun built by hand, for calling a @LeadercronJob method
+ * directly: from a unit test, or from code of your own (an admin "run
+ * now" endpoint). A decorated method is a normal method; only the trigger
+ * listener calls it for the sidecar. Defaults: slot = now (whole second),
+ * fencingToken 0n, deadline = slot + 10 minutes, idempotencyKey
+ * `<job>@<slot>`, attempt 1, and a signal that never aborts unless given.
+ */
+export function leadercronRun(job: string, fields: Partial<Omit<LeadercronRun, 'job'>> = {}): LeadercronRun {
+  const slot = fields.slot ?? new Date(Math.floor(Date.now() / 1000) * 1000);
+  return {
+    job,
+    slot,
+    fencingToken: fields.fencingToken ?? 0n,
+    deadline: fields.deadline ?? new Date(slot.getTime() + 10 * 60_000),
+    idempotencyKey: fields.idempotencyKey ?? `${job}@${formatTime(slot)}`,
+    attempt: fields.attempt ?? 1,
+    sidecarId: fields.sidecarId,
+    signal: fields.signal ?? new AbortController().signal,
+  };
+}

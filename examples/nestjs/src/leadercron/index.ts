@@ -7,6 +7,8 @@
  *   POST /jobs/:name   run job `name` once (the method marked @LeadercronJob(name))
  *   POST /drain        stop accepting runs; answers 200 {"running": N}
  *
+ * (under an optional path prefix, option `prefix`: /internal/leadercron/jobs/:name).
+ *
  * Both are served on a listener of the module's own, not on the app's port:
  * by default 127.0.0.1:8081 (option `listen`, env LEADERCRON_APP_LISTEN),
  * which the sidecar reaches because it shares the app's network namespace.
@@ -72,7 +74,7 @@
  *   - Without secrets, anything that can connect from a loopback address
  *     (another process on the host or in the pod/task) can trigger.
  */
-export { Codes, Headers, type LeadercronRun, BadTriggerError, parseTrigger, formatTime } from './contract.js';
+export { Codes, Headers, type LeadercronRun, BadTriggerError, parseTrigger, formatTime, leadercronRun } from './contract.js';
 export { isLoopback, loadTriggerSecrets, resolveTriggerKeys, SecretEnv } from './auth.js';
 export {
   keyId,
@@ -91,6 +93,7 @@ export {
   createLeadercronHandler,
   createLeadercronServer,
   LeadercronListener,
+  normalizePrefix,
   parseListenAddress,
   wirePath,
   type LeadercronHandler,
@@ -98,5 +101,5 @@ export {
 } from './server.js';
 export { LeadercronJob } from './job.decorator.js';
 export { LeadercronJobs, type LeadercronJobFn, type LeadercronJobOptions, type LeadercronAnswer } from './leadercron.jobs.js';
-export { LeadercronModule } from './leadercron.module.js';
+export { LeadercronModule, type LeadercronModuleAsyncOptions, type LeadercronOptionsFactory } from './leadercron.module.js';
 export { DEFAULT_LISTEN, LEADERCRON_KEYS, LEADERCRON_OPTIONS, LISTEN_ENV, type LeadercronModuleOptions } from './options.js';

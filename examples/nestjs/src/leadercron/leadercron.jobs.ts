@@ -8,7 +8,7 @@ import {
   parseTrigger,
   type Trigger,
 } from './contract.js';
-import { LEADERCRON_OPTIONS, type LeadercronModuleOptions } from './options.js';
+import { checkModuleOptions, LEADERCRON_OPTIONS, type LeadercronModuleOptions } from './options.js';
 
 /** The code of a job. Its result is ignored; a thrown error (or rejection) is a failure. */
 export type LeadercronJobFn = (run: LeadercronRun) => unknown;
@@ -54,6 +54,7 @@ export class LeadercronJobs implements BeforeApplicationShutdown {
   private idleWaiters: Array<() => void> = [];
 
   constructor(@Inject(LEADERCRON_OPTIONS) options: LeadercronModuleOptions) {
+    options = checkModuleOptions(options);
     this.defaultAsync = options.async ?? false;
     const keep = options.rememberKeys ?? DEFAULT_REMEMBER_KEYS;
     this.rememberKeys = keep === 0 ? DEFAULT_REMEMBER_KEYS : Math.max(keep, 0);

@@ -1,10 +1,37 @@
-import { type DynamicModule, Module } from '@nestjs/common';
+import {
+  type ConfigurableModuleAsyncOptions,
+  ConfigurableModuleBuilder,
+  type ConfigurableModuleOptionsFactory,
+  type DynamicModule,
+  Module,
+  type Provider,
+} from '@nestjs/common';
 import { DiscoveryModule } from '@nestjs/core';
 import { resolveTriggerKeys } from './auth.js';
 import { LeadercronExplorer } from './leadercron.explorer.js';
 import { LeadercronJobs } from './leadercron.jobs.js';
-import { LEADERCRON_KEYS, LEADERCRON_OPTIONS, type LeadercronModuleOptions } from './options.js';
+import { checkModuleOptions, LEADERCRON_KEYS, LEADERCRON_OPTIONS, type LeadercronModuleOptions } from './options.js';
 import { LeadercronListener } from './server.js';
+
+/** What forRootAsync takes: useFactory + inject (+ imports), useClass or useExisting. */
+export type LeadercronModuleAsyncOptions = ConfigurableModuleAsyncOptions<LeadercronModuleOptions, 'createLeadercronOptions'>;
+
+/** A class for forRootAsync({ useClass }) / ({ useExisting }): createLeadercronOptions() returns the options. */
+export type LeadercronOptionsFactory = ConfigurableModuleOptionsFactory<LeadercronModuleOptions, 'createLeadercronOptions'>;
+
+const { ConfigurableModuleClass } = new ConfigurableModuleBuilder<LeadercronModuleOptions>({
+  moduleName: 'Leadercron',
+  optionsInjectionToken: LEADERCRON_OPTIONS,
+})
+  .setClassMethodName('forRoot')
+  .setFactoryMethodName('createLeadercronOptions')
+  .build();
+
+const keysProvider: Provider = {
+  provide: LEADERCRON_KEYS,
+  useFactory: (o: unknown) => resolveTriggerKeys(checkModuleOptions(o).secrets),
+  inject: [LEADERCRON_OPTIONS],
+};
 
 /**
  * Serves the leadercron app contract for a Nest application, on a listener
@@ -13,34 +40,40 @@ import { LeadercronListener } from './server.js';
  *
  *   imports: [LeadercronModule.forRoot({ async: false })]
  *
- * and mark job methods with @LeadercronJob('name'). LeadercronJobs is
- * exported for programmatic registration and for health endpoints,
- * LeadercronListener for the listener's address.
+ * or, with options from other providers (ConfigService, ...):
+ *
+ *   imports: [LeadercronModule.forRootAsync({
+ *     imports: [ConfigModule],
+ *     inject: [ConfigService],
+ *     useFactory: (config: ConfigService) => ({ prefix: config.get('LEADERCRON_PREFIX') }),
+ *   })]
+ *
+ * and mark job methods with @LeadercronJob('name'). The module is global:
+ * LeadercronJobs (programmatic registration, health endpoints) and
+ * LeadercronListener (the listener's address) can be injected anywhere.
  *
  * Creating the application fails (an Error naming the option or variable)
  * when a secret is shorter than 32 bytes, both forms of one secret are set,
- * or the listen address is not host:port, or not a loopback address while
- * no secret is configured.
+ * the prefix is not a path, or the listen address is not host:port, or not
+ * a loopback address while no secret is configured.
  */
 @Module({})
-export class LeadercronModule {
-  static forRoot(options: LeadercronModuleOptions = {}): DynamicModule {
-    return {
-      module: LeadercronModule,
-      global: true,
-      imports: [DiscoveryModule],
-      providers: [
-        { provide: LEADERCRON_OPTIONS, useValue: options },
-        {
-          provide: LEADERCRON_KEYS,
-          useFactory: (o: LeadercronModuleOptions) => resolveTriggerKeys(o.secrets),
-          inject: [LEADERCRON_OPTIONS],
-        },
-        LeadercronJobs,
-        LeadercronExplorer,
-        LeadercronListener,
-      ],
-      exports: [LeadercronJobs, LeadercronListener],
-    };
+export class LeadercronModule extends ConfigurableModuleClass {
+  static override forRoot(options: LeadercronModuleOptions = {}): DynamicModule {
+    return withProviders(super.forRoot(options));
   }
+
+  static override forRootAsync(options: LeadercronModuleAsyncOptions): DynamicModule {
+    return withProviders(super.forRootAsync(options));
+  }
+}
+
+function withProviders(base: DynamicModule): DynamicModule {
+  return {
+    ...base,
+    global: true,
+    imports: [...(base.imports ?? []), DiscoveryModule],
+    providers: [...(base.providers ?? []), keysProvider, LeadercronJobs, LeadercronExplorer, LeadercronListener],
+    exports: [...(base.exports ?? []), LeadercronJobs, LeadercronListener],
+  };
 }

@@ -13,7 +13,10 @@ export const DEFAULT_LISTEN = '127.0.0.1:8081';
 /** The environment variable read when `listen` is not given. */
 export const LISTEN_ENV = 'LEADERCRON_APP_LISTEN';
 
-/** Options of LeadercronModule.forRoot. All are optional. */
+/**
+ * Options of LeadercronModule.forRoot (or what forRootAsync's factory
+ * returns). All are optional.
+ */
 export interface LeadercronModuleOptions {
   /**
    * Run jobs in the background and answer 202 as soon as a run is accepted,
@@ -46,6 +49,16 @@ export interface LeadercronModuleOptions {
    */
   listen?: string | false;
   /**
+   * A path prefix for the trigger listener's two endpoints:
+   * "/internal/leadercron" serves POST /internal/leadercron/jobs/{name} and
+   * POST /internal/leadercron/drain (and 404 on /jobs/{name}). The sidecar
+   * keeps a base path, so pair it with
+   * LEADERCRON_APP_URL=http://127.0.0.1:8081/internal/leadercron. It must
+   * start with "/"; a trailing "/" is dropped; "" or "/" means none.
+   * Signatures cover the whole path, prefix included. Default: none.
+   */
+  prefix?: string;
+  /**
    * The secrets the sidecar may sign triggers with (its
    * LEADERCRON_TRIGGER_SECRET): usually one, two during a rotation (the new
    * one first, then the old one). Each at least 32 bytes (a string counts
@@ -63,4 +76,19 @@ export interface LeadercronModuleOptions {
    * the real clock.
    */
   now?: () => number;
+}
+
+/**
+ * The options as the module's providers see them: undefined or null (a
+ * forRootAsync factory that returned nothing) means all defaults; anything
+ * else that is not an object is refused with an Error.
+ */
+export function checkModuleOptions(o: unknown): LeadercronModuleOptions {
+  if (o === undefined || o === null) {
+    return {};
+  }
+  if (typeof o !== 'object' || Array.isArray(o)) {
+    throw new Error(`leadercron: LeadercronModule options must be an object, got ${Array.isArray(o) ? 'an array' : typeof o}`);
+  }
+  return o as LeadercronModuleOptions;
 }

@@ -16,7 +16,7 @@ import {
 import { isLoopback, resolveTriggerKeys } from './auth.js';
 import { type Code, Codes } from './contract.js';
 import { LeadercronJobs } from './leadercron.jobs.js';
-import { DEFAULT_LISTEN, LEADERCRON_KEYS, LEADERCRON_OPTIONS, LISTEN_ENV, type LeadercronModuleOptions } from './options.js';
+import { checkModuleOptions, DEFAULT_LISTEN, LEADERCRON_KEYS, LEADERCRON_OPTIONS, LISTEN_ENV, type LeadercronModuleOptions } from './options.js';
 import { MAX_BODY_BYTES, type TriggerKey, verifyTrigger } from './signature.js';
 
 /**
@@ -34,6 +34,33 @@ export interface LeadercronHandlerOptions {
   now?: () => number;
   /** Default a Nest Logger with context "Leadercron". */
   logger?: LoggerService;
+  /** As LeadercronModuleOptions.prefix: serve {prefix}/jobs/{name} and {prefix}/drain. Default none. */
+  prefix?: string;
+}
+
+/**
+ * The normalised form of a route prefix: "" (none), or "/a/b" without a
+ * trailing slash. undefined, "" and "/" mean none. Throws an Error naming
+ * `name` when value is not an absolute path of plain segments (no query,
+ * fragment, "//", "." or ".." segment, space or control character).
+ */
+export function normalizePrefix(value: string | undefined, name: string): string {
+  if (value === undefined || value === '' || value === '/') {
+    return '';
+  }
+  const p = typeof value === 'string' && value.endsWith('/') ? value.slice(0, -1) : value;
+  const segment = /^[A-Za-z0-9\-._~!$&'()*+,;=:@%]+$/;
+  const ok =
+    typeof p === 'string' &&
+    p.startsWith('/') &&
+    p
+      .slice(1)
+      .split('/')
+      .every((seg) => segment.test(seg) && seg !== '.' && seg !== '..');
+  if (!ok) {
+    throw new Error(`leadercron: ${name} ${JSON.stringify(value)} is not a path prefix such as /internal/leadercron`);
+  }
+  return p;
 }
 
 /** A request handler for node:http (or an Express/Fastify raw route). */
@@ -133,11 +160,14 @@ function sendJSON(res: ServerResponse, status: number, body: unknown, headers: R
  * (401 bad_signature / stale_signature); without, only loopback peers are
  * served (403 not_loopback). A refused request changes no state. Then
  * POST /drain drains and POST /jobs/{name} goes to LeadercronJobs.
- * Other paths get 404, other methods 405. It logs once, now, how triggers
- * are authenticated. Throws if a secret is invalid.
+ * Other paths get 404, other methods 405. With options.prefix the two
+ * paths are {prefix}/drain and {prefix}/jobs/{name}; the signature still
+ * covers the whole path as sent. It logs once, now, how triggers are
+ * authenticated. Throws if a secret or the prefix is invalid.
  */
 export function createLeadercronHandler(jobs: LeadercronJobs, options: LeadercronHandlerOptions = {}): LeadercronHandler {
   const keys = resolveTriggerKeys(options.secrets);
+  const prefix = normalizePrefix(options.prefix, 'option prefix');
   const now = options.now ?? Date.now;
   const log = options.logger ?? new Logger('Leadercron');
   if (keys.length === 0) {
@@ -163,13 +193,15 @@ export function createLeadercronHandler(jobs: LeadercronJobs, options: Leadercro
       deny(403, Codes.notLoopback, 'no secret is configured: triggers are only accepted from loopback peers', true);
       return;
     }
+    // The route, once the prefix is taken off (undefined: not under it).
+    const route = prefix === '' ? path : path.startsWith(`${prefix}/`) ? path.slice(prefix.length) : undefined;
     let job: string | undefined;
-    if (path === '/drain') {
+    if (route === '/drain') {
       job = undefined;
-    } else if (/^\/jobs\/[^/]+$/.test(path)) {
-      job = path.slice('/jobs/'.length);
+    } else if (route !== undefined && /^\/jobs\/[^/]+$/.test(route)) {
+      job = route.slice('/jobs/'.length);
     } else {
-      sendJSON(res, 404, { error: `not found: ${path} (this listener serves POST /jobs/{name} and POST /drain)`, code: Codes.notFound });
+      sendJSON(res, 404, { error: `not found: ${path} (this listener serves POST ${prefix}/jobs/{name} and POST ${prefix}/drain)`, code: Codes.notFound });
       return;
     }
     if (req.method !== 'POST') {
@@ -256,16 +288,20 @@ function formatHost(host: string): string {
 export class LeadercronListener implements OnApplicationBootstrap, OnApplicationShutdown {
   private readonly address: ListenAddress | undefined;
   private readonly what: string;
+  private readonly prefix: string;
+  private readonly options: LeadercronModuleOptions;
   private readonly log: LoggerService;
   private server: Server | undefined;
   private bound: AddressInfo | undefined;
 
   constructor(
-    @Inject(LEADERCRON_OPTIONS) private readonly options: LeadercronModuleOptions,
+    @Inject(LEADERCRON_OPTIONS) options: LeadercronModuleOptions,
     @Inject(LEADERCRON_KEYS) private readonly keys: TriggerKey[],
     private readonly jobs: LeadercronJobs,
   ) {
+    this.options = options = checkModuleOptions(options);
     this.log = options.logger ?? new Logger('Leadercron');
+    this.prefix = normalizePrefix(options.prefix, 'LeadercronModule option prefix');
     let listen = options.listen;
     this.what = 'LeadercronModule option listen';
     if (listen === undefined) {
@@ -295,7 +331,11 @@ export class LeadercronListener implements OnApplicationBootstrap, OnApplication
     return this.server;
   }
 
-  /** Where the sidecar reaches the listener (its LEADERCRON_APP_URL), once started: e.g. http://127.0.0.1:8081. */
+  /**
+   * Where the sidecar reaches the listener (its LEADERCRON_APP_URL), once
+   * started: e.g. http://127.0.0.1:8081, or
+   * http://127.0.0.1:8081/internal/leadercron with a prefix.
+   */
   get url(): string | undefined {
     if (!this.bound) {
       return undefined;
@@ -306,14 +346,14 @@ export class LeadercronListener implements OnApplicationBootstrap, OnApplication
     } else if (host === '::') {
       host = '::1';
     }
-    return `http://${formatHost(host)}:${this.bound.port}`;
+    return `http://${formatHost(host)}:${this.bound.port}${this.prefix}`;
   }
 
   async onApplicationBootstrap(): Promise<void> {
     if (!this.address || this.server) {
       return;
     }
-    const server = createLeadercronServer(this.jobs, { secrets: this.keys, now: this.options.now, logger: this.log });
+    const server = createLeadercronServer(this.jobs, { secrets: this.keys, now: this.options.now, logger: this.log, prefix: this.prefix });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(this.address!.port, this.address!.host || undefined, () => {
@@ -328,7 +368,7 @@ export class LeadercronListener implements OnApplicationBootstrap, OnApplication
     }
     this.server = server;
     this.bound = bound;
-    this.log.log({ msg: 'serving the leadercron contract (POST /jobs/{name}, POST /drain)', url: this.url });
+    this.log.log({ msg: 'serving the leadercron contract (POST /jobs/{name}, POST /drain under url)', url: this.url });
   }
 
   async onApplicationShutdown(): Promise<void> {

@@ -14,7 +14,7 @@
 import 'reflect-metadata';
 import { ConsoleLogger } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
-import { LeadercronListener } from '../leadercron/index.js';
+import { LeadercronListener } from '@leadercron/nestjs';
 import { AppModule } from './app.module.js';
 
 // One JSON object per log line; the module logs constant messages with fields.

@@ -1,5 +1,5 @@
 import { Controller, Get, Module } from '@nestjs/common';
-import { LeadercronJobs, LeadercronModule } from '../leadercron/index.js';
+import { LeadercronJobs, LeadercronModule } from '@leadercron/nestjs';
 import { ReportsService } from './reports.service.js';
 
 @Controller()

@@ -1,5 +1,5 @@
 import { Injectable, Logger } from '@nestjs/common';
-import { formatTime, LeadercronJob, type LeadercronRun } from '../leadercron/index.js';
+import { formatTime, LeadercronJob, type LeadercronRun } from '@leadercron/nestjs';
 
 /** Resolves after ms, or rejects when signal aborts first. */
 export function sleep(ms: number, signal: AbortSignal): Promise<void> {
