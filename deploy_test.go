@@ -7,7 +7,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"debug/buildinfo"
 	"debug/elf"
@@ -22,7 +21,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -167,49 +165,11 @@ func TestReleaseBuild(t *testing.T) {
 			t.Fatalf("healthcheck with no sidecar running: exit %d, want 1\n%s", code, out)
 		}
 
-		var logs bytes.Buffer
-		sidecar := exec.Command(bin)
-		sidecar.Env = envList(env)
-		sidecar.Stdout, sidecar.Stderr = &logs, &logs
-		if err := sidecar.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exited := make(chan error, 1)
-		go func() { exited <- sidecar.Wait() }()
-		t.Cleanup(func() {
-			if sidecar.ProcessState == nil {
-				_ = sidecar.Process.Kill()
-				<-exited
-			}
-		})
-
-		// Poll the external process until it serves /healthz.
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			out, code := run(t, bin, env, "healthcheck")
-			if code == 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("healthcheck still exits %d after 20s: %s\nsidecar log:\n%s", code, out, logs.String())
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-
-		if err := sidecar.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case err := <-exited:
-			var ee *exec.ExitError
-			if err != nil && errors.As(err, &ee) {
-				t.Fatalf("sidecar exited %d after SIGTERM, want 0\n%s", ee.ExitCode(), logs.String())
-			} else if err != nil {
-				t.Fatal(err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Fatalf("sidecar did not exit within 15s of SIGTERM\n%s", logs.String())
-		}
+		cmd := exec.Command(bin)
+		cmd.Env = envList(env)
+		sidecar := startProcess(t, cmd)
+		sidecar.waitHealthy(t, bin, env)
+		sidecar.stop(t)
 		if out, code := run(t, bin, env, "healthcheck"); code != 1 {
 			t.Errorf("healthcheck after the sidecar exited: exit %d, want 1\n%s", code, out)
 		}

@@ -9,7 +9,6 @@ package main
 // holds the binary alone: the file system of a FROM scratch image.
 
 import (
-	"bytes"
 	"errors"
 	"os"
 	"os/exec"
@@ -149,49 +148,12 @@ func main() {
 		for k, v := range env {
 			runEnv[k] = v
 		}
-		var logs bytes.Buffer
-		sidecar := chrooted(t, root, "leadercron", runEnv)
-		sidecar.Stdout, sidecar.Stderr = &logs, &logs
-		if err := sidecar.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exited := make(chan error, 1)
-		go func() { exited <- sidecar.Wait() }()
-		t.Cleanup(func() {
-			if sidecar.ProcessState == nil {
-				_ = sidecar.Process.Kill()
-				<-exited
-			}
-		})
+		sidecar := startProcess(t, chrooted(t, root, "leadercron", runEnv))
 		// The healthcheck runs outside the chroot; it only dials.
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			if _, code := run(t, bin, runEnv, "healthcheck"); code == 0 {
-				break
-			}
-			select {
-			case err := <-exited:
-				t.Fatalf("the sidecar exited (%v) before serving /healthz:\n%s", err, logs.String())
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("no /healthz after 20s:\n%s", logs.String())
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		if err := sidecar.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Fatalf("sidecar exit after SIGTERM: %v, want 0\n%s", err, logs.String())
-			}
-		case <-time.After(15 * time.Second):
-			t.Fatalf("sidecar did not exit within 15s of SIGTERM\n%s", logs.String())
-		}
-		if strings.Contains(logs.String(), "time zone") {
-			t.Errorf("the sidecar's log mentions a time zone problem:\n%s", logs.String())
+		sidecar.waitHealthy(t, bin, runEnv)
+		sidecar.stop(t)
+		if strings.Contains(sidecar.logs.String(), "time zone") {
+			t.Errorf("the sidecar's log mentions a time zone problem:\n%s", sidecar.logs.String())
 		}
 	})
 }
