@@ -354,7 +354,7 @@ func TestFleetCommandsFromALaptop(t *testing.T) {
 		}
 		logs := web2.logs.String()
 		if !strings.Contains(logs, "replicas of this fleet run a different job table") ||
-			!strings.Contains(logs, `nightly: only in web-1; report: only in this leader; tick: schedule \"@every 2h\" vs \"@every 1h\"`) {
+			!strings.Contains(logs, `nightly: only in web-1; report: only in this leader; tick: schedule \"@every 2h\" (this leader) vs \"@every 1h\" (web-1)`) {
 			t.Errorf("web-2 did not warn about web-1's table:\n%s", logs)
 		}
 
@@ -366,7 +366,7 @@ func TestFleetCommandsFromALaptop(t *testing.T) {
 		for _, want := range []string{
 			"leader  web-2 (session ",
 			"jobs    the fleet's job table: published by web-2",
-			`DIFFERENT job table: nightly: only in web-1; report: only in the fleet's table; tick: schedule "@every 2h" vs "@every 1h"`,
+			`DIFFERENT job table: nightly: only in web-1; report: only in the fleet's table; tick: schedule "@every 2h" (the fleet's table) vs "@every 1h" (web-1)`,
 			"leader, the fleet's table",
 			"WARNING: web-1 runs a job table other than the fleet's (a deploy half done?)",
 			"report  @daily     UTC  ",

@@ -88,7 +88,8 @@ func ShortDigest(d string) string { return d[:min(len(d), 12)] }
 
 // DiffJobs describes how got differs from want, one line per job, sorted
 // by job name: "only in <wantName>", "only in <gotName>", or each option
-// that differs. Both must be canonical. No difference is nil.
+// that differs (`schedule "0 3 * * *" (<wantName>) vs "0 4 * * *"
+// (<gotName>)`). Both must be canonical. No difference is nil.
 func DiffJobs(want, got []kvlayout.JobSpec, wantName, gotName string) []string {
 	w := map[string]kvlayout.JobSpec{}
 	for _, j := range want {
@@ -118,7 +119,7 @@ func DiffJobs(want, got []kvlayout.JobSpec, wantName, gotName string) []string {
 		case !inW:
 			out = append(out, fmt.Sprintf("%s: only in %s", n, gotName))
 		default:
-			if d := diffSpec(a, b); d != "" {
+			if d := diffSpec(a, b, wantName, gotName); d != "" {
 				out = append(out, fmt.Sprintf("%s: %s", n, d))
 			}
 		}
@@ -126,11 +127,11 @@ func DiffJobs(want, got []kvlayout.JobSpec, wantName, gotName string) []string {
 	return out
 }
 
-func diffSpec(a, b kvlayout.JobSpec) string {
+func diffSpec(a, b kvlayout.JobSpec, aName, bName string) string {
 	var ds []string
 	add := func(name, x, y string) {
 		if x != y {
-			ds = append(ds, fmt.Sprintf("%s %q vs %q", name, x, y))
+			ds = append(ds, fmt.Sprintf("%s %q (%s) vs %q (%s)", name, x, aName, y, bName))
 		}
 	}
 	add("schedule", a.Schedule, b.Schedule)

@@ -66,14 +66,14 @@ func TestJobTableCanonical(t *testing.T) {
 	for _, c := range []struct {
 		job, diff string
 	}{
-		{"LEADERCRON_JOB_ZETA=0 4 * * * tz=Europe/Berlin retries=2 backoff=2s", `zeta: schedule "0 3 * * *" vs "0 4 * * *"`},
-		{"LEADERCRON_JOB_ZETA=0 3 * * * tz=UTC retries=2 backoff=2s", `zeta: tz "Europe/Berlin" vs "UTC"`},
-		{"LEADERCRON_JOB_ZETA=0 3 * * * tz=Europe/Berlin retries=2 backoff=2s timeout=1m", `zeta: timeout "10m0s" vs "1m0s"`},
-		{"LEADERCRON_JOB_ZETA=0 3 * * * tz=Europe/Berlin retries=2 backoff=2s overlap=allow", `zeta: overlap "forbid" vs "allow"`},
-		{"LEADERCRON_JOB_ZETA=0 3 * * * tz=Europe/Berlin retries=2 backoff=2s group=g", `zeta: group "" vs "g"`},
-		{"LEADERCRON_JOB_ZETA=0 3 * * * tz=Europe/Berlin retries=2 backoff=2s catchup=0", `zeta: catchup "1m0s" vs "0s"`},
-		{"LEADERCRON_JOB_ZETA=0 3 * * * tz=Europe/Berlin retries=3 backoff=2s", `zeta: retries "2" vs "3"`},
-		{"LEADERCRON_JOB_ZETA=0 3 * * * tz=Europe/Berlin retries=2 backoff=3s", `zeta: backoff "2s" vs "3s"`},
+		{"LEADERCRON_JOB_ZETA=0 4 * * * tz=Europe/Berlin retries=2 backoff=2s", `zeta: schedule "0 3 * * *" (mine) vs "0 4 * * *" (theirs)`},
+		{"LEADERCRON_JOB_ZETA=0 3 * * * tz=UTC retries=2 backoff=2s", `zeta: tz "Europe/Berlin" (mine) vs "UTC" (theirs)`},
+		{"LEADERCRON_JOB_ZETA=0 3 * * * tz=Europe/Berlin retries=2 backoff=2s timeout=1m", `zeta: timeout "10m0s" (mine) vs "1m0s" (theirs)`},
+		{"LEADERCRON_JOB_ZETA=0 3 * * * tz=Europe/Berlin retries=2 backoff=2s overlap=allow", `zeta: overlap "forbid" (mine) vs "allow" (theirs)`},
+		{"LEADERCRON_JOB_ZETA=0 3 * * * tz=Europe/Berlin retries=2 backoff=2s group=g", `zeta: group "" (mine) vs "g" (theirs)`},
+		{"LEADERCRON_JOB_ZETA=0 3 * * * tz=Europe/Berlin retries=2 backoff=2s catchup=0", `zeta: catchup "1m0s" (mine) vs "0s" (theirs)`},
+		{"LEADERCRON_JOB_ZETA=0 3 * * * tz=Europe/Berlin retries=3 backoff=2s", `zeta: retries "2" (mine) vs "3" (theirs)`},
+		{"LEADERCRON_JOB_ZETA=0 3 * * * tz=Europe/Berlin retries=2 backoff=3s", `zeta: backoff "2s" (mine) vs "3s" (theirs)`},
 	} {
 		c2 := specsOf(t, "LEADERCRON_JOB_ALPHA=@every 10s", c.job)
 		if ledger.Digest(c2) == ledger.Digest(a) {

@@ -25,11 +25,13 @@ type fleetLedger interface {
 
 // Publishing's pacing: at most one list of P/fleet/ per fleetMinInterval
 // (a blocking list wakes on every write under P/fleet/), and after a
-// failed request a pause from fleetRetryMin doubling to fleetRetryMax.
+// failed request a pause from fleetRetryMin doubling to fleetRetryMax (so
+// a token that may not write P/fleet/ costs a warning every few minutes,
+// not a stream of them).
 const (
 	fleetMinInterval = time.Second
 	fleetRetryMin    = time.Second
-	fleetRetryMax    = 30 * time.Second
+	fleetRetryMax    = ledger.MemberRefresh
 	// fleetRemoveTimeout bounds the delete of the member record when the
 	// sidecar stops; it runs inside the drain timeout, before the drain.
 	fleetRemoveTimeout = time.Second

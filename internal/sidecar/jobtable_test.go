@@ -121,7 +121,7 @@ func TestPublishJobTable(t *testing.T) {
 	}
 	out := logs.String()
 	for _, want := range []string{"publish the job table failed; retrying", "replicas of this fleet run a different job table",
-		`report: schedule \"@every 1h\" vs \"@every 2h\"`, "removed a stale member record"} {
+		`report: schedule \"@every 1h\" (this leader) vs \"@every 2h\" (web-2)`, "removed a stale member record"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("logs lack %q:\n%s", want, out)
 		}
