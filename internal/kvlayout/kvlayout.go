@@ -9,6 +9,8 @@
 //	P/jobs/<job>/paused      present = paused: Paused
 //	P/requests/<job>         a pending run-now request: Request
 //	P/history/<job>          the job's last slot fates, newest slot first: []Entry
+//	P/fleet/table            the job table the latest leader published: JobTable
+//	P/fleet/members/<id>     one sidecar's own job table and version: Member
 //
 // Guarantees: a Layout only joins strings; the key names and the JSON field
 // names here are what sidecars of other versions read, so they change only
@@ -61,6 +63,19 @@ func (l Layout) Request(job string) string { return l.Requests() + job }
 // History is P/history/<job>.
 func (l Layout) History(job string) string { return l.prefix + "/history/" + job }
 
+// Fleet is P/fleet/, the folder of the job table and the member records,
+// read together by one list.
+func (l Layout) Fleet() string { return l.prefix + "/fleet/" }
+
+// JobTable is P/fleet/table.
+func (l Layout) JobTable() string { return l.Fleet() + "table" }
+
+// Members is P/fleet/members/, the folder of the member records.
+func (l Layout) Members() string { return l.Fleet() + "members/" }
+
+// Member is P/fleet/members/<id>.
+func (l Layout) Member(id string) string { return l.Members() + id }
+
 // Kind is what a key under P is.
 type Kind int
 
@@ -72,6 +87,8 @@ const (
 	KindPaused
 	KindRequest
 	KindHistory
+	KindJobTable
+	KindMember
 )
 
 // Parse says what key is and, for a per-job key, which job it belongs to.
@@ -96,6 +113,11 @@ func (l Layout) Parse(key string) (Kind, string) {
 		return KindRequest, strings.TrimPrefix(rest, "requests/")
 	case strings.HasPrefix(rest, "history/"):
 		return KindHistory, strings.TrimPrefix(rest, "history/")
+	case rest == "fleet/table":
+		return KindJobTable, ""
+	case strings.HasPrefix(rest, "fleet/members/"):
+		// The second value is the member's ID, not a job.
+		return KindMember, strings.TrimPrefix(rest, "fleet/members/")
 	}
 	return KindOther, ""
 }
@@ -160,4 +182,46 @@ type Entry struct {
 	// end of the range; Slot is its first slot.
 	Until time.Time `json:"until,omitzero"`
 	At    time.Time `json:"at"` // when it was recorded
+}
+
+// JobSpec is one job in a job table: its schedule and every option, in a
+// canonical form (durations as Go writes them, overlap as a word), so that
+// two sidecars with the same configuration write the same bytes. A field
+// added here is a new job option, and changes every digest once.
+type JobSpec struct {
+	Name     string `json:"name"`
+	Schedule string `json:"schedule"` // as configured, fields separated by one space
+	TZ       string `json:"tz"`       // IANA name
+	Timeout  string `json:"timeout"`
+	Overlap  string `json:"overlap"` // forbid or allow
+	Group    string `json:"group"`   // "" = none
+	Catchup  string `json:"catchup"`
+	Retries  int    `json:"retries"`
+	Backoff  string `json:"backoff"`
+}
+
+// JobTable is the value of P/fleet/table: the jobs of the sidecar that
+// published it, sorted by name. The leader writes it when it takes the
+// lock, and again when the key no longer holds its table; a table with a
+// higher FencingToken is never overwritten by one with a lower.
+type JobTable struct {
+	Digest       string    `json:"digest"` // sha256 of the canonical Jobs, hex
+	Jobs         []JobSpec `json:"jobs"`
+	Publisher    string    `json:"publisher"` // the sidecar's ID
+	Version      string    `json:"version"`   // the sidecar's version
+	FencingToken uint64    `json:"fencing_token"`
+	PublishedAt  time.Time `json:"published_at"`
+}
+
+// Member is the value of P/fleet/members/<id>: one sidecar's own job table
+// and version. At is refreshed every few minutes; a record whose At is old
+// is a sidecar that is gone (see package ledger's MemberTTL).
+type Member struct {
+	ID      string    `json:"id"`
+	Version string    `json:"version"`
+	Digest  string    `json:"digest"`
+	Jobs    []JobSpec `json:"jobs"`
+	At      time.Time `json:"at"` // when it was written
+
+	ModifyIndex uint64 `json:"-"` // for delete-cas
 }

@@ -52,12 +52,14 @@ const (
 	OpRelease       ConsulOp = "release"        // the lock release at a graceful end
 	OpDestroy       ConsulOp = "destroy"        // the session destroy at the end of a campaign
 	OpWatchRequests ConsulOp = "watch_requests" // the leader's blocking list of run-now requests
+	OpPublishFleet  ConsulOp = "publish_fleet"  // a write of the job table or of a member record (P/fleet/)
+	OpWatchFleet    ConsulOp = "watch_fleet"    // the leader's blocking list of P/fleet/
 )
 
 // ConsulOps lists every ConsulOp.
 func ConsulOps() []ConsulOp {
 	return []ConsulOp{OpWatch, OpSessionCreate, OpAcquire, OpRenew, OpMonitor, OpReadSlot, OpClaim, OpTakeRequest,
-		OpTxnRefused, OpRelease, OpDestroy, OpWatchRequests}
+		OpTxnRefused, OpRelease, OpDestroy, OpWatchRequests, OpPublishFleet, OpWatchFleet}
 }
 
 // Term is the leadership the gauges are read from; *leader.Term is one.
@@ -88,14 +90,16 @@ type Options struct {
 // Metrics records the sidecar's metrics. It implements scheduler.Observer
 // and leader.Metrics.
 type Metrics struct {
-	reg *prometheus.Registry
-	now func() time.Time
+	reg     *prometheus.Registry
+	now     func() time.Time
+	version string
 
 	slots          *prometheus.CounterVec
 	triggerSeconds *prometheus.HistogramVec
 	slotDelay      prometheus.Histogram
 	changes        prometheus.Counter
 	consulErrors   *prometheus.CounterVec
+	tableMismatch  prometheus.Gauge
 
 	mu         sync.Mutex
 	term       Term      // nil while not leading
@@ -113,8 +117,9 @@ func New(reg *prometheus.Registry, opts Options) (*Metrics, error) {
 		opts.Now = time.Now
 	}
 	m := &Metrics{
-		reg: reg,
-		now: opts.Now,
+		reg:     reg,
+		now:     opts.Now,
+		version: opts.Version,
 		slots: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "leadercron_slots_total",
 			Help: "Slots this sidecar settled while leading, by job and outcome: fired (app answered 2xx), failed, skipped (app answered 409), missed (never triggered).",
@@ -137,6 +142,10 @@ func New(reg *prometheus.Registry, opts Options) (*Metrics, error) {
 			Name: "leadercron_consul_errors_total",
 			Help: "Failed Consul requests by operation.",
 		}, []string{"op"}),
+		tableMismatch: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "leadercron_job_table_mismatch",
+			Help: "While leading: how many other live sidecars of the fleet run a job table that differs from this leader's (a deploy half done); 0 when all agree and when not leading.",
+		}),
 	}
 	for _, op := range ConsulOps() {
 		m.consulErrors.WithLabelValues(string(op))
@@ -153,7 +162,7 @@ func New(reg *prometheus.Registry, opts Options) (*Metrics, error) {
 	})
 	buildInfo.Set(1)
 	cs := []prometheus.Collector{
-		m.slots, m.triggerSeconds, m.slotDelay, m.changes, m.consulErrors, buildInfo,
+		m.slots, m.triggerSeconds, m.slotDelay, m.changes, m.consulErrors, m.tableMismatch, buildInfo,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "leadercron_is_leader",
 			Help: "1 while this sidecar leads with a valid lease, else 0.",
@@ -286,3 +295,11 @@ func (m *Metrics) TriggerDone(job string, d time.Duration) {
 func (m *Metrics) ConsulError(op ConsulOp) {
 	m.consulErrors.WithLabelValues(string(op)).Inc()
 }
+
+// Version is Options.Version: the sidecar's version, which it publishes
+// with its job table.
+func (m *Metrics) Version() string { return m.version }
+
+// JobTableMismatch sets how many other live sidecars run a job table that
+// differs from the leader's; the leader sets it, and 0 when its term ends.
+func (m *Metrics) JobTableMismatch(n int) { m.tableMismatch.Set(float64(n)) }

@@ -36,6 +36,7 @@ func (s *Sidecar) lead(ctx context.Context, term Term) error {
 	var watcher sync.WaitGroup
 	if s.ledger != nil {
 		watcher.Go(func() { s.watchRequests(ctx, term) })
+		watcher.Go(func() { s.publishJobTable(ctx, term) }) // jobtable.go
 	}
 	s.sched.Lead(ctx, term)
 	// No run-now request may start after the drain began.

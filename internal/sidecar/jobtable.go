@@ -1,0 +1,263 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"strings"
+	"time"
+
+	"github.com/leadercron/leadercron/internal/kvlayout"
+	"github.com/leadercron/leadercron/internal/ledger"
+	"github.com/leadercron/leadercron/internal/metrics"
+	"github.com/leadercron/leadercron/internal/scheduler"
+)
+
+// fleetLedger is the part of the ledger (ledger.Store) that keeps P/fleet/:
+// the job table and the member records (see package ledger). A Ledger
+// without it, such as a test's fake, publishes nothing.
+type fleetLedger interface {
+	PublishJobTable(ctx context.Context, t kvlayout.JobTable) (bool, error)
+	PublishMember(ctx context.Context, m kvlayout.Member) error
+	RemoveMember(ctx context.Context, m kvlayout.Member) (bool, error)
+	Tables(ctx context.Context, waitIndex uint64, wait time.Duration) (ledger.Tables, uint64, error)
+}
+
+// Publishing's pacing: at most one list of P/fleet/ per fleetMinInterval
+// (a blocking list wakes on every write under P/fleet/), and after a
+// failed request a pause from fleetRetryMin doubling to fleetRetryMax (so
+// a token that may not write P/fleet/ costs a warning every few minutes,
+// not a stream of them).
+const (
+	fleetMinInterval = time.Second
+	fleetRetryMin    = time.Second
+	fleetRetryMax    = ledger.MemberRefresh
+	// fleetRemoveTimeout bounds the delete of the member record when the
+	// sidecar stops; it runs inside the drain timeout, before the drain.
+	fleetRemoveTimeout = time.Second
+)
+
+// publishJobTable runs while this sidecar leads: it publishes the job
+// table (P/fleet/table) and this sidecar's member record, keeps them there,
+// and compares every live member's table with its own, reporting those
+// that differ with a warning and leadercron_job_table_mismatch. It returns
+// when ctx ends.
+//
+// Consul writes are few: the table once per leadership (again only if the
+// key stops holding it), the member record once and then every
+// ledger.MemberRefresh, and a delete per member record found stale. None
+// is per slot. A failed request is logged, counted in
+// leadercron_consul_errors_total (op publish_fleet or watch_fleet) and
+// retried later; nothing else waits on it. Every write is an idempotent
+// put or check-and-set, so one whose outcome is unknown is harmless.
+func (s *Sidecar) publishJobTable(ctx context.Context, term Term) {
+	store, ok := s.ledger.(fleetLedger)
+	if !ok {
+		return
+	}
+	jobs := make([]scheduler.Job, len(s.cfg.Jobs))
+	for i, j := range s.cfg.Jobs {
+		jobs[i] = j.Job
+	}
+	specs := ledger.JobSpecs(jobs)
+	p := &fleetPublisher{s: s, store: store, token: term.Token(), specs: specs, digest: ledger.Digest(specs),
+		version: s.m.Version(), reported: map[string]string{}}
+	defer s.m.JobTableMismatch(0)
+	p.run(ctx)
+	if s.mayLeadAgain() {
+		return // the record stays: this sidecar is still a candidate
+	}
+	rctx, cancel := context.WithTimeout(context.Background(), fleetRemoveTimeout)
+	defer cancel()
+	if _, err := store.RemoveMember(rctx, kvlayout.Member{ID: s.cfg.ID}); err != nil {
+		s.m.ConsulError(metrics.OpPublishFleet)
+		s.log.Warn("remove member record failed; the next leader removes it once stale", "error", err,
+			"stale_after", ledger.MemberTTL)
+	}
+}
+
+// mayLeadAgain reports, after a lead context ended, whether this sidecar
+// will campaign again: the leadership was lost, or the app health gate
+// took it out of the election until the app recovers. Not after a stop or
+// a handover.
+func (s *Sidecar) mayLeadAgain() bool {
+	if s.lost() {
+		return true
+	}
+	s.mu.Lock()
+	cctx := s.campaignCtx
+	s.mu.Unlock()
+	return cctx != nil && errors.Is(context.Cause(cctx), errUnhealthy)
+}
+
+type fleetPublisher struct {
+	s       *Sidecar
+	store   fleetLedger
+	token   uint64
+	specs   []kvlayout.JobSpec
+	digest  string
+	version string
+
+	tableDone bool              // P/fleet/table holds this table, or a later leader's
+	memberAt  time.Time         // when the member record was written; zero: (re)write it
+	reported  map[string]string // the differing members last reported: ID -> digest
+}
+
+func (p *fleetPublisher) run(ctx context.Context) {
+	var (
+		index uint64
+		last  time.Time
+		retry = fleetRetryMin
+	)
+	for ctx.Err() == nil {
+		failed := !p.publish(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		wait := ledger.MemberRefresh - time.Since(p.memberAt)
+		if failed {
+			wait = retry
+			retry = min(2*retry, fleetRetryMax)
+		} else {
+			retry = fleetRetryMin
+		}
+		if !sleep(ctx, fleetMinInterval-time.Since(last)) {
+			return
+		}
+		last = time.Now()
+		wait = max(wait, fleetMinInterval)
+		lctx, cancel := context.WithTimeout(ctx, wait+wait/16+5*time.Second)
+		t, next, err := p.store.Tables(lctx, index, wait)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			p.s.m.ConsulError(metrics.OpWatchFleet)
+			p.s.log.Warn("read the fleet's job tables failed; retrying", "error", err)
+			index = 0
+			if !sleep(ctx, retry) {
+				return
+			}
+			retry = min(2*retry, fleetRetryMax)
+			continue
+		}
+		index = next
+		p.check(ctx, t)
+	}
+}
+
+// publish writes the table and the member record if they are due, and
+// reports whether every write it tried succeeded.
+func (p *fleetPublisher) publish(ctx context.Context) bool {
+	ok := true
+	if !p.tableDone {
+		t := kvlayout.JobTable{Digest: p.digest, Jobs: p.specs, Publisher: p.s.cfg.ID, Version: p.version,
+			FencingToken: p.token, PublishedAt: time.Now()}
+		wrote, err := p.store.PublishJobTable(ctx, t)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			ok = false
+			p.s.m.ConsulError(metrics.OpPublishFleet)
+			p.s.log.Warn("publish the job table failed; retrying", "error", err)
+		case err == nil:
+			p.tableDone = true
+			if wrote {
+				p.s.log.Info("published the job table", "digest", ledger.ShortDigest(p.digest), "jobs", len(p.specs),
+					"fencing_token", p.token)
+			}
+		}
+	}
+	if p.memberAt.IsZero() || time.Since(p.memberAt) >= ledger.MemberRefresh {
+		now := time.Now()
+		err := p.store.PublishMember(ctx, kvlayout.Member{ID: p.s.cfg.ID, Version: p.version, Digest: p.digest,
+			Jobs: p.specs, At: now})
+		switch {
+		case err != nil && ctx.Err() == nil:
+			ok = false
+			p.s.m.ConsulError(metrics.OpPublishFleet)
+			p.s.log.Warn("publish the member record failed; retrying", "error", err)
+		case err == nil:
+			p.memberAt = now
+		}
+	}
+	return ok
+}
+
+// check compares what P/fleet/ holds with this leader's table: it marks
+// the table and the member record for a rewrite when they are gone or
+// changed, removes stale member records, and reports live members whose
+// table differs.
+func (p *fleetPublisher) check(ctx context.Context, t ledger.Tables) {
+	for _, pr := range t.Problems {
+		p.s.log.Warn("undecodable value under the fleet's job tables", "problem", pr)
+	}
+	switch tb := t.Table; {
+	case tb == nil:
+		p.tableDone = false
+	case tb.FencingToken > p.token:
+		p.tableDone = true // a later leader's: this term is ending
+	default:
+		p.tableDone = tb.FencingToken == p.token && tb.Publisher == p.s.cfg.ID && tb.Digest == p.digest
+	}
+	now := time.Now()
+	differ := map[string]string{}
+	var lines []string
+	self := false
+	for _, m := range t.Members {
+		switch {
+		case m.ID == p.s.cfg.ID:
+			self = m.Digest == p.digest && m.Version == p.version
+		case !ledger.Live(m, now):
+			p.removeStale(ctx, m)
+		case m.Digest != p.digest:
+			differ[m.ID] = m.Digest
+			diff := ledger.DiffJobs(p.specs, m.Jobs, "this leader", m.ID)
+			lines = append(lines, m.ID+" (version "+m.Version+", digest "+ledger.ShortDigest(m.Digest)+"): "+
+				strings.Join(diff, "; "))
+		}
+	}
+	if !self {
+		p.memberAt = time.Time{}
+	}
+	p.s.m.JobTableMismatch(len(differ))
+	if maps.Equal(differ, p.reported) {
+		return
+	}
+	if len(differ) > 0 {
+		p.s.log.Warn("replicas of this fleet run a different job table (a deploy half done?)", "replicas", len(differ),
+			"digest", ledger.ShortDigest(p.digest), "differences", strings.Join(lines, " | "))
+	} else {
+		p.s.log.Info("every live replica runs this leader's job table again", "digest", ledger.ShortDigest(p.digest))
+	}
+	p.reported = differ
+}
+
+// removeStale deletes a member record older than ledger.MemberTTL, unless
+// it was rewritten since it was read (delete-cas).
+func (p *fleetPublisher) removeStale(ctx context.Context, m kvlayout.Member) {
+	removed, err := p.store.RemoveMember(ctx, m)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		p.s.m.ConsulError(metrics.OpPublishFleet)
+		p.s.log.Warn("remove a stale member record failed", "member", m.ID, "error", err)
+	case removed:
+		p.s.log.Info("removed a stale member record", "member", m.ID, "written_at", m.At.UTC(),
+			"stale_after", ledger.MemberTTL)
+	}
+}
+
+// sleep waits d or until ctx ends, and reports whether ctx is still live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
