@@ -34,13 +34,15 @@ commands:
   (none)       run the sidecar
   validate     check the configuration and print each job's next 5 slots
   healthcheck  GET /healthz on LEADERCRON_LISTEN; exit 0 if healthy, else 1
-  pause <job> [-by NAME] [-reason TEXT]
+  pause <job> [-service NAME] [-by NAME] [-reason TEXT]
                pause a job fleet-wide (Consul KV) until resumed
-  resume <job> undo pause
-  run <job> [-by NAME]
+  resume <job> [-service NAME]
+               undo pause
+  run <job> [-service NAME] [-by NAME]
                ask the leader to run a job once, now
-  status [-json] [-history N]
+  status [-service NAME] [-json] [-history N]
                the leader, each job's next slot, pause, pending run and history
+               (the fleet commands need only CONSUL_HTTP_ADDR and the service)
   version      print the version
 
 Configuration comes from the environment only; see the README.

@@ -3,8 +3,9 @@
 // it all back for `leadercron status`.
 //
 // The keys and the records are kvlayout's; this package reads and writes
-// P/jobs/<job>/paused, P/requests/<job> and P/history/<job>, and reads the
-// rest for Snapshot.
+// P/jobs/<job>/paused, P/requests/<job>, P/history/<job> and, in
+// jobtable.go, P/fleet/ (the leader's job table and every sidecar's member
+// record), and reads the rest for Snapshot.
 //
 // Guarantees:
 //

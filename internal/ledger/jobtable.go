@@ -230,7 +230,8 @@ func (s *Store) PublishJobTable(ctx context.Context, t kvlayout.JobTable) (bool,
 	if err != nil {
 		return false, fmt.Errorf("publish job table: encode: %w", err)
 	}
-	for attempt := range maxCASAttempts {
+	pause := casBackoff()
+	for range maxCASAttempts {
 		pair, _, err := s.kv.Get(key, qopts(ctx))
 		if err != nil {
 			return false, fmt.Errorf("publish job table: get %s: %w", key, err)
@@ -256,7 +257,7 @@ func (s *Store) PublishJobTable(ctx context.Context, t kvlayout.JobTable) (bool,
 		if ok {
 			return true, nil
 		}
-		if err := backoff(ctx, attempt); err != nil {
+		if err := sleep(ctx, pause.NextBackOff()); err != nil {
 			return false, fmt.Errorf("publish job table: %w", err)
 		}
 	}

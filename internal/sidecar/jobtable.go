@@ -2,10 +2,11 @@ package sidecar
 
 import (
 	"context"
-	"errors"
 	"maps"
 	"strings"
 	"time"
+
+	"github.com/cenkalti/backoff/v5"
 
 	"github.com/leadercron/leadercron/internal/kvlayout"
 	"github.com/leadercron/leadercron/internal/ledger"
@@ -25,7 +26,8 @@ type fleetLedger interface {
 
 // Publishing's pacing: at most one list of P/fleet/ per fleetMinInterval
 // (a blocking list wakes on every write under P/fleet/), and after a
-// failed request a pause from fleetRetryMin doubling to fleetRetryMax (so
+// failed request a pause from fleetRetryMin doubling to fleetRetryMax, ±20 %
+// (cenkalti/backoff, like the elector's; so
 // a token that may not write P/fleet/ costs a warning every few minutes,
 // not a stream of them).
 const (
@@ -33,20 +35,20 @@ const (
 	fleetRetryMin    = time.Second
 	fleetRetryMax    = ledger.MemberRefresh
 	// fleetRemoveTimeout bounds the delete of the member record when the
-	// sidecar stops; it runs inside the drain timeout, before the drain.
+	// sidecar stops. It runs beside the history flush, so it must not
+	// exceed HistoryFlushTimeout, whose place in the shutdown budget it
+	// shares.
 	fleetRemoveTimeout = time.Second
 )
 
 // publishJobTable runs while this sidecar leads: it publishes the job
-// table (P/fleet/table) and this sidecar's member record, keeps them there,
-// and compares every live member's table with its own, reporting those
+// table (P/fleet/table), keeps it there, and compares every live member's table with its own, reporting those
 // that differ with a warning and leadercron_job_table_mismatch. It returns
 // when ctx ends.
 //
 // Consul writes are few: the table once per leadership (again only if the
-// key stops holding it), the member record once and then every
-// ledger.MemberRefresh, and a delete per member record found stale. None
-// is per slot. A failed request is logged, counted in
+// key stops holding it) and a delete per member record found stale (every
+// sidecar keeps its own record: keepMember). None is per slot. A failed request is logged, counted in
 // leadercron_consul_errors_total (op publish_fleet or watch_fleet) and
 // retried later; nothing else waits on it. Every write is an idempotent
 // put or check-and-set, so one whose outcome is unknown is harmless.
@@ -64,30 +66,55 @@ func (s *Sidecar) publishJobTable(ctx context.Context, term Term) {
 		version: s.m.Version(), reported: map[string]string{}}
 	defer s.m.JobTableMismatch(0)
 	p.run(ctx)
-	if s.mayLeadAgain() {
-		return // the record stays: this sidecar is still a candidate
+}
+
+// keepMember keeps this sidecar's member record (P/fleet/members/<id>:
+// its job table and version) while it runs, leader or standby, so that the
+// leader sees a replica whose table differs even before it ever leads (a
+// deploy half done): written at start and every ledger.MemberRefresh,
+// retried after a failure, and deleted when the sidecar stops. The record
+// is a plain put, so one whose outcome is unknown is harmless; a delete
+// that fails leaves a record the leader removes once it is stale
+// (ledger.MemberTTL).
+func (s *Sidecar) keepMember(ctx context.Context) {
+	store, ok := s.ledger.(fleetLedger)
+	if !ok {
+		return
+	}
+	m := s.member()
+	retry := &backoff.ExponentialBackOff{InitialInterval: fleetRetryMin, RandomizationFactor: 0.2,
+		Multiplier: 2, MaxInterval: fleetRetryMax}
+	for wait := time.Duration(0); sleep(ctx, wait); {
+		m.At = time.Now()
+		if err := store.PublishMember(ctx, m); err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			s.m.ConsulError(metrics.OpPublishFleet)
+			s.log.Warn("publish the member record failed; retrying", "error", err)
+			wait = retry.NextBackOff()
+			continue
+		}
+		retry.Reset()
+		wait = ledger.MemberRefresh
 	}
 	rctx, cancel := context.WithTimeout(context.Background(), fleetRemoveTimeout)
 	defer cancel()
 	if _, err := store.RemoveMember(rctx, kvlayout.Member{ID: s.cfg.ID}); err != nil {
 		s.m.ConsulError(metrics.OpPublishFleet)
-		s.log.Warn("remove member record failed; the next leader removes it once stale", "error", err,
+		s.log.Warn("remove member record failed; the leader removes it once stale", "error", err,
 			"stale_after", ledger.MemberTTL)
 	}
 }
 
-// mayLeadAgain reports, after a lead context ended, whether this sidecar
-// will campaign again: the leadership was lost, or the app health gate
-// took it out of the election until the app recovers. Not after a stop or
-// a handover.
-func (s *Sidecar) mayLeadAgain() bool {
-	if s.lost() {
-		return true
+// member is this sidecar's member record, without its time.
+func (s *Sidecar) member() kvlayout.Member {
+	jobs := make([]scheduler.Job, len(s.cfg.Jobs))
+	for i, j := range s.cfg.Jobs {
+		jobs[i] = j.Job
 	}
-	s.mu.Lock()
-	cctx := s.campaignCtx
-	s.mu.Unlock()
-	return cctx != nil && errors.Is(context.Cause(cctx), errUnhealthy)
+	specs := ledger.JobSpecs(jobs)
+	return kvlayout.Member{ID: s.cfg.ID, Version: s.m.Version(), Digest: ledger.Digest(specs), Jobs: specs}
 }
 
 type fleetPublisher struct {
@@ -99,7 +126,6 @@ type fleetPublisher struct {
 	version string
 
 	tableDone bool              // P/fleet/table holds this table, or a later leader's
-	memberAt  time.Time         // when the member record was written; zero: (re)write it
 	reported  map[string]string // the differing members last reported: ID -> digest
 }
 
@@ -107,19 +133,19 @@ func (p *fleetPublisher) run(ctx context.Context) {
 	var (
 		index uint64
 		last  time.Time
-		retry = fleetRetryMin
+		retry = &backoff.ExponentialBackOff{InitialInterval: fleetRetryMin, RandomizationFactor: 0.2,
+			Multiplier: 2, MaxInterval: fleetRetryMax}
 	)
 	for ctx.Err() == nil {
 		failed := !p.publish(ctx)
 		if ctx.Err() != nil {
 			return
 		}
-		wait := ledger.MemberRefresh - time.Since(p.memberAt)
+		wait := ledger.MemberRefresh
 		if failed {
-			wait = retry
-			retry = min(2*retry, fleetRetryMax)
+			wait = retry.NextBackOff()
 		} else {
-			retry = fleetRetryMin
+			retry.Reset()
 		}
 		if !sleep(ctx, fleetMinInterval-time.Since(last)) {
 			return
@@ -136,10 +162,9 @@ func (p *fleetPublisher) run(ctx context.Context) {
 			p.s.m.ConsulError(metrics.OpWatchFleet)
 			p.s.log.Warn("read the fleet's job tables failed; retrying", "error", err)
 			index = 0
-			if !sleep(ctx, retry) {
+			if !sleep(ctx, retry.NextBackOff()) {
 				return
 			}
-			retry = min(2*retry, fleetRetryMax)
 			continue
 		}
 		index = next
@@ -147,8 +172,8 @@ func (p *fleetPublisher) run(ctx context.Context) {
 	}
 }
 
-// publish writes the table and the member record if they are due, and
-// reports whether every write it tried succeeded.
+// publish writes the table if it is due, and reports whether the write, if
+// tried, succeeded.
 func (p *fleetPublisher) publish(ctx context.Context) bool {
 	ok := true
 	if !p.tableDone {
@@ -168,25 +193,11 @@ func (p *fleetPublisher) publish(ctx context.Context) bool {
 			}
 		}
 	}
-	if p.memberAt.IsZero() || time.Since(p.memberAt) >= ledger.MemberRefresh {
-		now := time.Now()
-		err := p.store.PublishMember(ctx, kvlayout.Member{ID: p.s.cfg.ID, Version: p.version, Digest: p.digest,
-			Jobs: p.specs, At: now})
-		switch {
-		case err != nil && ctx.Err() == nil:
-			ok = false
-			p.s.m.ConsulError(metrics.OpPublishFleet)
-			p.s.log.Warn("publish the member record failed; retrying", "error", err)
-		case err == nil:
-			p.memberAt = now
-		}
-	}
 	return ok
 }
 
 // check compares what P/fleet/ holds with this leader's table: it marks
-// the table and the member record for a rewrite when they are gone or
-// changed, removes stale member records, and reports live members whose
+// the table for a rewrite when it is gone or changed, removes stale member records, and reports live members whose
 // table differs.
 func (p *fleetPublisher) check(ctx context.Context, t ledger.Tables) {
 	for _, pr := range t.Problems {
@@ -203,11 +214,9 @@ func (p *fleetPublisher) check(ctx context.Context, t ledger.Tables) {
 	now := time.Now()
 	differ := map[string]string{}
 	var lines []string
-	self := false
 	for _, m := range t.Members {
 		switch {
 		case m.ID == p.s.cfg.ID:
-			self = m.Digest == p.digest && m.Version == p.version
 		case !ledger.Live(m, now):
 			p.removeStale(ctx, m)
 		case m.Digest != p.digest:
@@ -216,9 +225,6 @@ func (p *fleetPublisher) check(ctx context.Context, t ledger.Tables) {
 			lines = append(lines, m.ID+" (version "+m.Version+", digest "+ledger.ShortDigest(m.Digest)+"): "+
 				strings.Join(diff, "; "))
 		}
-	}
-	if !self {
-		p.memberAt = time.Time{}
 	}
 	p.s.m.JobTableMismatch(len(differ))
 	if maps.Equal(differ, p.reported) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -129,10 +130,42 @@ func TestPublishJobTable(t *testing.T) {
 
 	cancel()
 	<-done
-	ev.await(t, "remove member web-1 at 0", 1)
 	if body := scrape(); !strings.Contains(body, "\nleadercron_job_table_mismatch 0\n") {
 		t.Errorf("mismatch not reset when the term ended:\n%s", body)
 	}
+	if list, _ := ev.snapshot(); slices.Contains(list, "remove member web-1 at 0") || slices.Contains(list, "publish member web-1") {
+		t.Errorf("the leader's publisher wrote or removed its own member record (keepMember owns it): %q", list)
+	}
+}
+
+// Every sidecar, standby or leader, keeps its own member record while it
+// runs (so a replica that never led is seen) and removes it when it stops.
+func TestKeepMember(t *testing.T) {
+	ev := newEvents()
+	m, err := metrics.New(nil, metrics.Options{Version: "v9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	jobs := []config.Job{{Job: scheduler.Job{Name: "report", Spec: "@every 1h", Schedule: never{}, Location: time.UTC}}}
+	f := &fakeFleet{fakeLedger: newFakeLedger(ev)}
+	s := New(config.Config{ID: "web-1", Jobs: jobs}, Deps{Ledger: f, Metrics: m, Clock: scheduler.SystemClock{},
+		Log: hclog.NewNullLogger()})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		s.keepMember(ctx)
+		close(done)
+	}()
+	ev.await(t, "publish member web-1", 1)
+	f.mu.Lock()
+	got := f.members[len(f.members)-1]
+	f.mu.Unlock()
+	if got.Version != "v9" || got.Digest != ledger.Digest(ledger.JobSpecs([]scheduler.Job{jobs[0].Job})) || got.At.IsZero() {
+		t.Errorf("member record %+v", got)
+	}
+	cancel()
+	<-done
+	ev.await(t, "remove member web-1 at 0", 1)
 }
 
 type syncWriter struct {

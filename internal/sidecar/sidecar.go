@@ -143,10 +143,18 @@ func (s *Sidecar) Run(ctx context.Context, ln net.Listener) error {
 		defer stopGate()
 		go s.gate.run(gateCtx)
 	}
+	memberCtx, stopMember := context.WithCancel(context.Background())
+	memberDone := make(chan struct{})
+	go func() {
+		defer close(memberDone)
+		s.keepMember(memberCtx)
+	}()
 	runErr := s.campaign(runCtx)
+	stopMember() // its delete runs beside the history flush
 	if s.history != nil {
 		s.history.close(HistoryFlushTimeout)
 	}
+	<-memberDone
 	stopServe()
 	<-served
 	if runErr != nil {
