@@ -10,7 +10,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/leadercron/leadercron/internal/consultest"
-	"github.com/leadercron/leadercron/internal/naive"
+	"github.com/leadercron/leadercron/tools/naive"
 )
 
 // TestNaiveBaselinePartition runs the black-hole partition against the

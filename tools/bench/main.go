@@ -3,7 +3,9 @@
 // one Markdown table: slot delay, graceful handover, crash failover,
 // footprint, Consul load and scale.
 //
-//	go run ./internal/bench [-quick] [-runs N]
+//	go run ./tools/bench [-quick] [-runs N]
+//
+// It is a tool under tools/, not part of the leadercron binary.
 //
 // It builds both binaries with release flags, starts a real Consul dev
 // agent on loopback ($CONSUL_BIN, else scripts/consul.sh), and runs each

@@ -23,7 +23,7 @@ import (
 // into dir, and returns their paths.
 func buildBinaries(ctx context.Context, root, dir string) (lc, nv string, err error) {
 	lc, nv = filepath.Join(dir, "leadercron"), filepath.Join(dir, "naive-leader")
-	for _, b := range []struct{ out, pkg string }{{lc, "."}, {nv, "./internal/naive/cmd/naive-leader"}} {
+	for _, b := range []struct{ out, pkg string }{{lc, "."}, {nv, "./tools/naive/cmd/naive-leader"}} {
 		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", b.out, b.pkg)
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
