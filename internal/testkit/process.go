@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
@@ -198,4 +199,16 @@ func (s *Sidecar) Wait(t testing.TB, timeout time.Duration) int {
 		t.Fatalf("sidecar %s did not exit within %s", s.ID, timeout)
 		return -1
 	}
+}
+
+// BuildSidecar builds the leadercron binary with the race detector into
+// dir and returns its path. go build's output goes to stderr.
+func BuildSidecar(dir string) (string, error) {
+	bin := filepath.Join(dir, "leadercron")
+	build := exec.Command("go", "build", "-race", "-o", bin, "github.com/leadercron/leadercron")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return "", fmt.Errorf("build leadercron: %w", err)
+	}
+	return bin, nil
 }
