@@ -3,7 +3,6 @@ package e2e
 import (
 	"flag"
 	"fmt"
-	"maps"
 	"os"
 	"slices"
 	"testing"
@@ -97,15 +96,9 @@ func startApp(t *testing.T, name string, h *history, consul *api.Client, lockKey
 	return testkit.StartApp(t, name, h, opts...)
 }
 
-// startSidecar runs the built binary as sidecar id, logging text at debug
-// level, for the service e2e unless env says otherwise.
+// startSidecar runs the built binary as sidecar id, logging text, for the
+// service e2e unless env says otherwise.
 func startSidecar(t *testing.T, id string, env map[string]string) *sidecar {
 	t.Helper()
-	full := map[string]string{
-		"LEADERCRON_SERVICE":    "e2e",
-		"LEADERCRON_LOG_FORMAT": "text",
-		"LEADERCRON_LOG_LEVEL":  "debug",
-	}
-	maps.Copy(full, env)
-	return testkit.StartSidecar(t, binary, id, full, nil)
+	return testkit.StartSidecar(t, binary, id, env, testkit.SidecarOptions{Service: "e2e", LogFormat: "text"})
 }

@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"hash/fnv"
-	"maps"
 	"math/rand/v2"
 	"os"
 	"strconv"
@@ -253,13 +252,8 @@ func parseRecord(l logLine) (event, bool) {
 
 func startProc(t *testing.T, h *history, id string, env map[string]string) *proc {
 	t.Helper()
-	full := map[string]string{
-		"LEADERCRON_SERVICE":    "faults",
-		"LEADERCRON_LOG_FORMAT": "json",
-		"LEADERCRON_LOG_LEVEL":  "debug",
-	}
-	maps.Copy(full, env)
-	return &proc{Sidecar: testkit.StartSidecar(t, the.binary, id, full, &logParser{id: id, h: h}), id: id}
+	o := testkit.SidecarOptions{Service: "faults", LogFormat: "json", Tee: &logParser{id: id, h: h}}
+	return &proc{Sidecar: testkit.StartSidecar(t, the.binary, id, env, o), id: id}
 }
 
 // signal sends sig to the process; one that exited already is no error.

@@ -137,13 +137,21 @@ type Sidecar struct {
 	Listen string // its admin address (LEADERCRON_LISTEN)
 }
 
+// SidecarOptions are how a suite runs its sidecars.
+type SidecarOptions struct {
+	Service   string    // LEADERCRON_SERVICE
+	LogFormat string    // LEADERCRON_LOG_FORMAT: "text" or "json"
+	Tee       io.Writer // if set, also receives the sidecar's output
+}
+
 // StartSidecar runs the leadercron binary bin for a test, with exactly
-// PATH, HOME, LEADERCRON_ID=id and LEADERCRON_LISTEN on a free loopback
-// port in its environment, and env on top of those (env wins). Its output
-// also goes to tee, if set. The process is killed when the test ends, and
-// its output logged if the test failed. With go test -short the test is
-// skipped: suites that run the binary are not part of the fast loop.
-func StartSidecar(t testing.TB, bin, id string, env map[string]string, tee io.Writer) *Sidecar {
+// PATH, HOME, LEADERCRON_ID=id, LEADERCRON_LISTEN on a free loopback port,
+// LEADERCRON_LOG_LEVEL=debug and o's service and log format in its
+// environment, and env on top of those (env wins). The process is killed
+// when the test ends, and its output logged if the test failed. With go
+// test -short the test is skipped: suites that run the binary are not
+// part of the fast loop.
+func StartSidecar(t testing.TB, bin, id string, env map[string]string, o SidecarOptions) *Sidecar {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("-short: skipping a test that runs the leadercron binary")
@@ -153,10 +161,13 @@ func StartSidecar(t testing.TB, bin, id string, env map[string]string, tee io.Wr
 		t.Fatal(err)
 	}
 	full := map[string]string{
-		"PATH":              os.Getenv("PATH"),
-		"HOME":              os.Getenv("HOME"),
-		"LEADERCRON_ID":     id,
-		"LEADERCRON_LISTEN": "127.0.0.1:" + strconv.Itoa(ports[0]),
+		"PATH":                  os.Getenv("PATH"),
+		"HOME":                  os.Getenv("HOME"),
+		"LEADERCRON_ID":         id,
+		"LEADERCRON_LISTEN":     "127.0.0.1:" + strconv.Itoa(ports[0]),
+		"LEADERCRON_LOG_LEVEL":  "debug",
+		"LEADERCRON_SERVICE":    o.Service,
+		"LEADERCRON_LOG_FORMAT": o.LogFormat,
 	}
 	for k, v := range env {
 		full[k] = v
@@ -165,7 +176,7 @@ func StartSidecar(t testing.TB, bin, id string, env map[string]string, tee io.Wr
 	for k, v := range full {
 		list = append(list, k+"="+v)
 	}
-	p, err := StartProcess(Command{Name: "sidecar " + id, Path: bin, Env: list, Tee: tee})
+	p, err := StartProcess(Command{Name: "sidecar " + id, Path: bin, Env: list, Tee: o.Tee})
 	if err != nil {
 		t.Fatal(err)
 	}
