@@ -23,18 +23,11 @@ const (
 )
 
 func aclEnv(agent *consultest.ACLAgent, app *testkit.App, token string) map[string]string {
-	return map[string]string{
-		"CONSUL_HTTP_ADDR":           agent.Addr,
-		"CONSUL_HTTP_TOKEN":          token,
-		"LEADERCRON_SERVICE":         aclService,
-		"LEADERCRON_APP_URL":         app.URL,
-		"LEADERCRON_SESSION_TTL":     ttl.String(),
-		"LEADERCRON_LOCK_DELAY":      lockDelay.String(),
-		"LEADERCRON_DRAIN_INTERVAL":  "100ms",
-		"LEADERCRON_DRAIN_TIMEOUT":   "10s",
-		"LEADERCRON_JOB_TICK":        "* * * * * *",
-		"LEADERCRON_TRIGGER_TIMEOUT": "5s",
-	}
+	env := consulEnv(agent.Agent, app)
+	delete(env, "LEADERCRON_JOB_EVERY_TWO")
+	env["CONSUL_HTTP_TOKEN"] = token
+	env["LEADERCRON_SERVICE"] = aclService
+	return env
 }
 
 // waitForOutput polls a sidecar's log (an external process) until it

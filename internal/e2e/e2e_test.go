@@ -55,10 +55,10 @@ func triggersBy(evs []event) map[string]int {
 	return n
 }
 
-func TestGracefulHandover(t *testing.T) {
-	h, sidecars, _ := fleet(t, 2)
-
-	evs := h.WaitFor(t, 20*time.Second, "4 triggers", func(evs []event) bool { return len(filter(evs, "trigger")) >= 4 })
+// soleLeader returns the one sidecar that triggered in evs and another
+// one of sidecars; it fails the test if triggers came from more than one.
+func soleLeader(t *testing.T, evs []event, sidecars map[string]*sidecar) (string, *sidecar) {
+	t.Helper()
 	by := triggersBy(evs)
 	if len(by) != 1 {
 		t.Fatalf("triggers came from %d sidecars, want exactly 1: %v", len(by), by)
@@ -67,13 +67,39 @@ func TestGracefulHandover(t *testing.T) {
 	for id := range by {
 		leaderID = id
 	}
-	old := sidecars[leaderID]
 	var standby *sidecar
 	for id, s := range sidecars {
 		if id != leaderID {
 			standby = s
 		}
 	}
+	return leaderID, standby
+}
+
+// checkTokensGrow fails the test unless every trigger from a sidecar
+// other than the old leader carries a higher fencing token than all of
+// the old leader's.
+func checkTokensGrow(t *testing.T, evs []event, oldLeader string) {
+	t.Helper()
+	var oldMax, newMin uint64
+	for _, e := range filter(evs, "trigger") {
+		if e.Sidecar == oldLeader {
+			oldMax = max(oldMax, e.Token)
+		} else if newMin == 0 || e.Token < newMin {
+			newMin = e.Token
+		}
+	}
+	if newMin <= oldMax {
+		t.Errorf("new leader's token %d is not above the old leader's %d", newMin, oldMax)
+	}
+}
+
+func TestGracefulHandover(t *testing.T) {
+	h, sidecars, _ := fleet(t, 2)
+
+	evs := h.WaitFor(t, 20*time.Second, "4 triggers", func(evs []event) bool { return len(filter(evs, "trigger")) >= 4 })
+	leaderID, standby := soleLeader(t, evs, sidecars)
+	old := sidecars[leaderID]
 
 	term := time.Now()
 	old.Signal(t, syscall.SIGTERM)
@@ -130,17 +156,7 @@ func TestGracefulHandover(t *testing.T) {
 	}
 
 	// Fencing tokens grow with the new leadership.
-	var oldMax, newMin uint64
-	for _, e := range filter(evs, "trigger") {
-		if e.Sidecar == leaderID {
-			oldMax = max(oldMax, e.Token)
-		} else if newMin == 0 || e.Token < newMin {
-			newMin = e.Token
-		}
-	}
-	if newMin <= oldMax {
-		t.Errorf("new leader's token %d is not above the old leader's %d", newMin, oldMax)
-	}
+	checkTokensGrow(t, evs, leaderID)
 }
 
 func TestLeaderKilled(t *testing.T) {

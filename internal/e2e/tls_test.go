@@ -44,21 +44,8 @@ func TestTLSElectClaimHandover(t *testing.T) {
 	}
 
 	evs := h.WaitFor(t, 20*time.Second, "3 triggers", func(evs []event) bool { return len(filter(evs, "trigger")) >= 3 })
-	by := triggersBy(evs)
-	if len(by) != 1 {
-		t.Fatalf("triggers came from %d sidecars, want exactly 1: %v", len(by), by)
-	}
-	var leaderID string
-	for id := range by {
-		leaderID = id
-	}
+	leaderID, standby := soleLeader(t, evs, sidecars)
 	old := sidecars[leaderID]
-	var standby *sidecar
-	for id, s := range sidecars {
-		if id != leaderID {
-			standby = s
-		}
-	}
 
 	// The claims are in KV (read over HTTPS too).
 	if pair, _, err := c.KV().Get("leadercron/e2e/jobs/tick/last", &api.QueryOptions{RequireConsistent: true}); err != nil || pair == nil {
@@ -99,17 +86,7 @@ func TestTLSElectClaimHandover(t *testing.T) {
 	if !released {
 		t.Errorf("no release of the lock seen after SIGTERM:\n%s", dump(evs))
 	}
-	var oldMax, newMin uint64
-	for _, e := range filter(evs, "trigger") {
-		if e.Sidecar == leaderID {
-			oldMax = max(oldMax, e.Token)
-		} else if newMin == 0 || e.Token < newMin {
-			newMin = e.Token
-		}
-	}
-	if newMin <= oldMax {
-		t.Errorf("new leader's token %d is not above the old leader's %d", newMin, oldMax)
-	}
+	checkTokensGrow(t, evs, leaderID)
 	for _, s := range sidecars {
 		if out := s.Output(); strings.Contains(out, "x509") || strings.Contains(out, "consul not reachable") {
 			t.Errorf("sidecar %s logged a TLS or reachability problem:\n%s", s.ID, out)
