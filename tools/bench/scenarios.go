@@ -193,6 +193,9 @@ func (f *fleet) awaitTrigger(ctx context.Context, from string, after time.Time) 
 	return ts[i], nil
 }
 
+// tickJob is one job due every second.
+var tickJob = map[string]string{"tick": "* * * * * *"}
+
 func everySecond(n int) map[string]string {
 	jobs := map[string]string{}
 	for i := range n {
@@ -265,22 +268,8 @@ func (e *env) slotDelay(ctx context.Context, impl string, nJobs int, dur time.Du
 	defer f.close()
 	ctx, cancel := context.WithTimeoutCause(ctx, dur+60*time.Second, errors.New("slot delay scenario timed out"))
 	defer cancel()
-	jobs := everySecond(nJobs)
-	a, err := f.add("a", jobs)
+	a, b, _, err := f.leaderAndStandby(ctx, everySecond(nJobs), true)
 	if err != nil {
-		return err
-	}
-	if _, err := f.awaitHolder(ctx); err != nil {
-		return err
-	}
-	b, err := f.add("b", jobs)
-	if err != nil {
-		return err
-	}
-	if _, err := f.awaitTrigger(ctx, "a", time.Time{}); err != nil {
-		return err
-	}
-	if err := f.awaitStandby(ctx, b); err != nil {
 		return err
 	}
 	start := time.Now().Truncate(time.Second).Add(2 * time.Second)
@@ -319,19 +308,8 @@ func (e *env) idle(ctx context.Context, impl string, dur time.Duration, fig figu
 	defer f.close()
 	ctx, cancel := context.WithTimeoutCause(ctx, dur+60*time.Second, errors.New("idle scenario timed out"))
 	defer cancel()
-	jobs := map[string]string{"hourly": "0 0 * * * *"}
-	a, err := f.add("a", jobs)
+	a, b, _, err := f.leaderAndStandby(ctx, map[string]string{"hourly": "0 0 * * * *"}, false)
 	if err != nil {
-		return err
-	}
-	if _, err := f.awaitHolder(ctx); err != nil {
-		return err
-	}
-	b, err := f.add("b", jobs)
-	if err != nil {
-		return err
-	}
-	if err := f.awaitStandby(ctx, b); err != nil {
 		return err
 	}
 	if err := sleepUntil(ctx, time.Now().Add(time.Second)); err != nil { // let start-up work finish
@@ -366,30 +344,28 @@ func (e *env) idle(ctx context.Context, impl string, dur time.Duration, fig figu
 	return nil
 }
 
-// leaderAndStandby starts "a" with a job every second, waits until it holds
-// the lock (returning its session) and fires, then starts "b" and waits
-// until it is a standby.
-func (f *fleet) leaderAndStandby(ctx context.Context) (*member, string, error) {
-	jobs := map[string]string{"tick": "* * * * * *"}
-	a, err := f.add("a", jobs)
-	if err != nil {
-		return nil, "", err
+// leaderAndStandby starts "a" running jobs and waits until it holds the
+// lock (returning its session), then starts "b", waits (if fires) for a
+// trigger from "a", and waits until "b" is a standby.
+func (f *fleet) leaderAndStandby(ctx context.Context, jobs map[string]string, fires bool) (a, b *member, session string, err error) {
+	if a, err = f.add("a", jobs); err != nil {
+		return nil, nil, "", err
 	}
-	sa, err := f.awaitHolder(ctx)
-	if err != nil {
-		return nil, "", err
+	if session, err = f.awaitHolder(ctx); err != nil {
+		return nil, nil, "", err
 	}
-	b, err := f.add("b", jobs)
-	if err != nil {
-		return nil, "", err
+	if b, err = f.add("b", jobs); err != nil {
+		return nil, nil, "", err
 	}
-	if _, err := f.awaitTrigger(ctx, "a", time.Time{}); err != nil {
-		return nil, "", err
+	if fires {
+		if _, err := f.awaitTrigger(ctx, "a", time.Time{}); err != nil {
+			return nil, nil, "", err
+		}
 	}
 	if err := f.awaitStandby(ctx, b); err != nil {
-		return nil, "", err
+		return nil, nil, "", err
 	}
-	return a, sa, nil
+	return a, b, session, nil
 }
 
 // handover measures a graceful handover: SIGTERM of an idle leader, until
@@ -399,7 +375,7 @@ func (e *env) handover(ctx context.Context, impl string, fig figures) error {
 	defer f.close()
 	ctx, cancel := context.WithTimeoutCause(ctx, 90*time.Second, errors.New("handover scenario timed out"))
 	defer cancel()
-	a, sa, err := f.leaderAndStandby(ctx)
+	a, _, sa, err := f.leaderAndStandby(ctx, tickJob, true)
 	if err != nil {
 		return err
 	}
@@ -447,7 +423,7 @@ func (e *env) failover(ctx context.Context, impl string, fig figures) error {
 	bound := 2*e.ttl + e.delay
 	ctx, cancel := context.WithTimeoutCause(ctx, bound+90*time.Second, errors.New("failover scenario timed out"))
 	defer cancel()
-	a, sa, err := f.leaderAndStandby(ctx)
+	a, _, sa, err := f.leaderAndStandby(ctx, tickJob, true)
 	if err != nil {
 		return err
 	}
