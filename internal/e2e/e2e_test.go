@@ -94,6 +94,23 @@ func checkTokensGrow(t *testing.T, evs []event, oldLeader string) {
 	}
 }
 
+// sigtermHandover sends SIGTERM to the leader old, which must exit 0, and
+// waits for a trigger from standby. It returns when the signal was sent
+// and the history then, checked for slots triggered twice.
+func sigtermHandover(t *testing.T, h *history, old, standby *sidecar) (time.Time, []event) {
+	t.Helper()
+	term := time.Now()
+	old.Signal(t, syscall.SIGTERM)
+	if code := old.Wait(t, 15*time.Second); code != 0 {
+		t.Fatalf("leader exited %d after SIGTERM, want 0", code)
+	}
+	evs := h.WaitFor(t, 10*time.Second, "a trigger from the new leader", func(evs []event) bool {
+		return triggersBy(evs)[standby.ID] > 0
+	})
+	checkNoDuplicateSlots(t, evs)
+	return term, evs
+}
+
 func TestGracefulHandover(t *testing.T) {
 	h, sidecars, _ := fleet(t, 2)
 
@@ -101,15 +118,7 @@ func TestGracefulHandover(t *testing.T) {
 	leaderID, standby := soleLeader(t, evs, sidecars)
 	old := sidecars[leaderID]
 
-	term := time.Now()
-	old.Signal(t, syscall.SIGTERM)
-	if code := old.Wait(t, 15*time.Second); code != 0 {
-		t.Fatalf("leader exited %d after SIGTERM, want 0", code)
-	}
-	evs = h.WaitFor(t, 10*time.Second, "a trigger from the new leader", func(evs []event) bool {
-		return triggersBy(evs)[standby.ID] > 0
-	})
-	checkNoDuplicateSlots(t, evs)
+	term, evs := sigtermHandover(t, h, old, standby)
 	logSlotDelays(t, evs)
 
 	// The old leader's app was drained while the old leader still held

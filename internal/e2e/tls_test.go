@@ -63,15 +63,7 @@ func TestTLSElectClaimHandover(t *testing.T) {
 		t.Errorf("leadercron status over TLS: %v; want exit 0 naming leader %q:\n%s", err, leaderID, out.String())
 	}
 
-	term := time.Now()
-	old.Signal(t, syscall.SIGTERM)
-	if code := old.Wait(t, 15*time.Second); code != 0 {
-		t.Fatalf("leader exited %d after SIGTERM, want 0", code)
-	}
-	evs = h.WaitFor(t, 10*time.Second, "a trigger from the new leader", func(evs []event) bool {
-		return triggersBy(evs)[standby.ID] > 0
-	})
-	checkNoDuplicateSlots(t, evs)
+	term, evs := sigtermHandover(t, h, old, standby)
 
 	drains := filter(evs, "drain")
 	if len(drains) < 2 {
