@@ -1,9 +1,12 @@
-# Convenience targets; each one is a script under scripts/ that works
-# without make too.
-.PHONY: test quickstart demo bench bench-quick fuzz
+# Convenience targets; each one is a script under scripts/ (or one go
+# command) that works without make too.
+.PHONY: test test-short quickstart demo bench bench-quick fuzz
 
-test:        ## the whole suite, as CI runs it
+test:        ## the whole suite, as CI runs it; ends with a summary of skipped tests
 	./scripts/test.sh
+
+test-short:  ## the fast loop: no Consul, no binary builds, no fault suite (those tests skip)
+	go test -short ./...
 
 quickstart:  ## the Go demo app and one sidecar in standalone mode
 	./scripts/quickstart.sh

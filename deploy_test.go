@@ -26,6 +26,7 @@ import (
 
 	"github.com/leadercron/leadercron/internal/cli"
 	"github.com/leadercron/leadercron/internal/config"
+	"github.com/leadercron/leadercron/internal/testkit"
 )
 
 const (
@@ -148,7 +149,10 @@ func TestReleaseBuild(t *testing.T) {
 	})
 
 	t.Run("healthcheck", func(t *testing.T) {
-		ports := freePorts(t, 2)
+		ports, err := testkit.FreePorts(2)
+		if err != nil {
+			t.Fatal(err)
+		}
 		listen := "127.0.0.1:" + strconv.Itoa(ports[0])
 		env := map[string]string{
 			"LEADERCRON_LOCK":       config.LockNone,
@@ -203,20 +207,6 @@ func envList(env map[string]string) []string {
 		l = append(l, k+"="+v)
 	}
 	return l
-}
-
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports
 }
 
 // dockerfile is the Dockerfile as a list of instructions, with line

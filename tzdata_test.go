@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/leadercron/leadercron/internal/config"
+	"github.com/leadercron/leadercron/internal/testkit"
 )
 
 // scratchRoot returns a directory holding only bin, as /leadercron.
@@ -140,7 +141,10 @@ func main() {
 	})
 
 	t.Run("the sidecar runs", func(t *testing.T) {
-		ports := freePorts(t, 2)
+		ports, err := testkit.FreePorts(2)
+		if err != nil {
+			t.Fatal(err)
+		}
 		runEnv := map[string]string{
 			"LEADERCRON_LISTEN":  "127.0.0.1:" + strconv.Itoa(ports[0]),
 			"LEADERCRON_APP_URL": "http://127.0.0.1:" + strconv.Itoa(ports[1]), // nothing listens: drain counts as done

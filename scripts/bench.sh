@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks leadercron against the naive approach (api.Lock + robfig/cron,
-# internal/naive) on one machine in one run, against a real Consul dev agent
+# tools/naive) on one machine in one run, against a real Consul dev agent
 # on loopback, and prints one Markdown table. See docs/benchmarks.md.
 #
 #   ./scripts/bench.sh            # full mode: 3 runs, medians (about 13 minutes on 2 cores)
@@ -13,4 +13,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CONSUL_BIN=${CONSUL_BIN:-$(scripts/consul.sh)}
 export CONSUL_BIN
-exec go run ./internal/bench "$@"
+exec go run ./tools/bench "$@"

@@ -2,6 +2,15 @@
 # The project's whole test suite, as the README promises and CI runs it:
 # formatting, vet, staticcheck, then every test with the race detector
 # against a real Consul agent (built once from tools/consul and cached).
+#
+# go test runs with -json through tools/testreport, which prints what plain
+# go test prints and then one summary of the skipped tests, by reason and
+# package: a test that skips (no Consul on a laptop, say) is visible, not
+# hidden behind "ok". With CI=true a missing Consul fails instead.
+#
+# The fast loop, without Consul, the binary builds or the fault suite, is
+# plain `go test -short ./...`: every test that needs a Consul agent or
+# runs the built sidecar skips under -short (and says so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,12 +37,15 @@ echo "== monitoring (alert rules with promtool, the Grafana dashboard against a 
 scripts/test-monitoring.sh
 
 echo "== go test -race"
+# The summary of skipped tests is printed last, whatever happens after.
+SKIP_SUMMARY=$(mktemp)
+trap 'if [ -s "$SKIP_SUMMARY" ]; then echo "== skipped tests"; cat "$SKIP_SUMMARY"; fi; rm -f "$SKIP_SUMMARY"' EXIT
 # The fault-injection suite writes its per-scenario table here, so that a
 # passing run shows it too (go test prints a passing package's log only
 # with -v).
 LEADERCRON_FAULT_REPORT=$(mktemp)
 export LEADERCRON_FAULT_REPORT
-go test -race -count=1 "$@" ./...
+go test -race -count=1 -json "$@" ./... | go run ./tools/testreport -summary "$SKIP_SUMMARY"
 if [ -s "$LEADERCRON_FAULT_REPORT" ]; then
   echo "== fault-injection summary"
   cat "$LEADERCRON_FAULT_REPORT"

@@ -8,13 +8,6 @@ import (
 	"github.com/hashicorp/consul/api"
 )
 
-// agentOptions are per-agent additions to the dev agent's arguments, and
-// the token its readiness check sends.
-type agentOptions struct {
-	args  []string
-	token string
-}
-
 // ACLAgent is a dev agent with ACLs enabled and the default policy deny:
 // a request is refused unless its token grants the right.
 type ACLAgent struct {
@@ -32,8 +25,9 @@ func StartACL(t testing.TB) *ACLAgent {
 	t.Helper()
 	bin := Require(t)
 	token := newUUID(t)
-	o := agentOptions{
-		args: []string{"-hcl", fmt.Sprintf(`acl {
+	o := Options{
+		Bin: bin,
+		Args: []string{"-hcl", fmt.Sprintf(`acl {
   enabled = true
   default_policy = "deny"
   enable_token_persistence = false
@@ -42,19 +36,14 @@ func StartACL(t testing.TB) *ACLAgent {
     agent = %q
   }
 }`, token, token)},
-		token: token,
+		Token: token,
 	}
-	var lastErr error
-	for attempt := range 3 {
-		a, err := start(t, bin, attempt, o)
-		if err == nil {
-			t.Cleanup(a.Stop)
-			return &ACLAgent{Agent: a, ManagementToken: token}
-		}
-		lastErr = err
+	a, err := StartAgent(o)
+	if err != nil {
+		t.Fatalf("start consul with ACLs: %v", err)
 	}
-	t.Fatalf("start consul with ACLs: %v", lastErr)
-	return nil
+	t.Cleanup(a.Stop)
+	return &ACLAgent{Agent: a, ManagementToken: token}
 }
 
 // TokenClient returns a client for the agent at addr that sends token.

@@ -1,11 +1,9 @@
 package consultest
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -13,6 +11,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/leadercron/leadercron/internal/testkit"
 )
 
 // Cluster is a 3-server Consul cluster on loopback. Unlike a dev agent,
@@ -41,10 +41,10 @@ type Server struct {
 	dir  string
 	args []string
 
-	mu     sync.Mutex
-	out    *bytes.Buffer
-	cmd    *exec.Cmd
-	exited chan struct{}
+	out testkit.Buffer // over all its runs
+
+	mu sync.Mutex
+	p  *testkit.Process // the current run
 }
 
 // StartCluster starts three servers that join each other, and waits until
@@ -52,7 +52,7 @@ type Server struct {
 func StartCluster(t testing.TB) *Cluster {
 	t.Helper()
 	bin := Require(t)
-	ports, err := FreePorts(9)
+	ports, err := testkit.FreePorts(9)
 	if err != nil {
 		t.Fatalf("start cluster: %v", err)
 	}
@@ -65,7 +65,6 @@ func StartCluster(t testing.TB) *Cluster {
 			RaftAddr: "127.0.0.1:" + strconv.Itoa(rpc),
 			Node:     fmt.Sprintf("lc-server-%d-%d", os.Getpid(), http),
 			dir:      filepath.Join(base, fmt.Sprintf("server%d", i)),
-			out:      &bytes.Buffer{},
 		}
 		s.args = []string{"agent", "-server", "-bootstrap-expect", "3",
 			"-node", s.Node, "-data-dir", s.dir,
@@ -107,38 +106,30 @@ func StartCluster(t testing.TB) *Cluster {
 }
 
 func (s *Server) start(bin string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	cmd := exec.Command(bin, s.args...)
-	cmd.Stdout = &lockedWriter{mu: &s.mu, w: s.out}
-	cmd.Stderr = cmd.Stdout
-	cmd.Env = append(os.Environ(), "CONSUL_HTTP_TOKEN=")
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("run %s: %w", bin, err)
+	p, err := testkit.StartProcess(testkit.Command{Name: "consul server " + s.Node, Path: bin, Args: s.args,
+		Env: append(os.Environ(), "CONSUL_HTTP_TOKEN="), Tee: &s.out})
+	if err != nil {
+		return err
 	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	s.cmd, s.exited = cmd, exited
+	s.mu.Lock()
+	s.p = p
+	s.mu.Unlock()
 	return nil
 }
 
 // Output returns what the server printed so far, over all its runs.
-func (s *Server) Output() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.out.String()
-}
+func (s *Server) Output() string { return s.out.String() }
 
 // Running reports whether the server process is up.
 func (s *Server) Running() bool {
 	s.mu.Lock()
-	exited := s.exited
+	p := s.p
 	s.mu.Unlock()
-	if exited == nil {
+	if p == nil {
 		return false
 	}
 	select {
-	case <-exited:
+	case <-p.Exited():
 		return false
 	default:
 		return true
@@ -147,13 +138,11 @@ func (s *Server) Running() bool {
 
 func (s *Server) kill() {
 	s.mu.Lock()
-	cmd, exited := s.cmd, s.exited
+	p := s.p
 	s.mu.Unlock()
-	if cmd == nil || cmd.Process == nil {
-		return
+	if p != nil {
+		p.Kill()
 	}
-	_ = cmd.Process.Kill()
-	<-exited
 }
 
 // Kill sends SIGKILL to server i and waits for it to exit. Its data

@@ -6,25 +6,33 @@
 // "consul" on $PATH. When neither exists the test is skipped on a developer
 // machine, and fails when CI=true: a missing Consul is never a silent pass.
 //
-// Guarantees: every agent and proxy is stopped by t.Cleanup. Agents run in
+// The package has a core that needs no testing.TB (StartAgent, NewClient,
+// Agent.Stop), for tools such as tools/bench, and thin wrappers for tests
+// (Start, Client, StartACL, StartTLS, StartCluster, NewProxy,
+// NewFaultProxy) that skip or fail the test as Require says and clean up
+// through t.Cleanup. Like internal/testkit it is test support: the
+// leadercron binary never imports it.
+//
+// Guarantees: every agent and proxy a wrapper starts is stopped by
+// t.Cleanup. Agents run in
 // dev mode (in memory, one server) with session_ttl_min = 1s. Not
 // guaranteed: that the free ports picked are still free when the agent
 // binds them; Start retries a few times with new ports.
 package consultest
 
 import (
-	"bytes"
 	"context"
+	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/leadercron/leadercron/internal/testkit"
 )
 
 // Binary returns the path of the consul binary, or "" if there is none.
@@ -40,17 +48,23 @@ func Binary() string {
 	return ""
 }
 
+// ErrNoConsul is returned by StartAgent when there is no consul binary.
+var ErrNoConsul = errors.New("no consul binary: run scripts/consul.sh and set CONSUL_BIN, or put consul on PATH")
+
 // Require returns the consul binary, skipping the test when it is absent,
-// or failing it when CI=true.
+// or failing it when CI=true. With go test -short it skips the test
+// whatever is installed: -short is the fast loop without Consul.
 func Require(t testing.TB) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: skipping a test that needs a Consul agent")
+	}
 	bin := Binary()
 	if bin == "" {
-		msg := "no consul binary: run scripts/consul.sh and set CONSUL_BIN, or put consul on PATH"
 		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
+			t.Fatal(ErrNoConsul)
 		}
-		t.Skip(msg)
+		t.Skip(ErrNoConsul)
 	}
 	return bin
 }
@@ -60,45 +74,73 @@ type Agent struct {
 	Addr string // host:port of the HTTP API
 	Node string
 
-	cmd    *exec.Cmd
-	out    *bytes.Buffer
-	mu     sync.Mutex
-	exited chan struct{}
+	p *testkit.Process
 }
 
-// Client returns a Consul client for the agent at addr.
-func Client(t testing.TB, addr string) *api.Client {
-	t.Helper()
+// NewClient returns a Consul client for the agent at addr, with no token
+// (whatever CONSUL_HTTP_TOKEN says).
+func NewClient(addr string) (*api.Client, error) {
 	cfg := api.DefaultNonPooledConfig()
 	cfg.Address = addr
 	cfg.Token = ""
-	c, err := api.NewClient(cfg)
+	return api.NewClient(cfg)
+}
+
+// Client is NewClient for a test: it fails the test on error.
+func Client(t testing.TB, addr string) *api.Client {
+	t.Helper()
+	c, err := NewClient(addr)
 	if err != nil {
 		t.Fatalf("consul client: %v", err)
 	}
 	return c
 }
 
-// Start starts a dev agent and waits until it has a leader and its node is
-// in the catalog (sessions need it).
+// Start starts a dev agent for a test (StartAgent), skips or fails the
+// test as Require says when there is no consul binary, and stops the
+// agent when the test ends.
 func Start(t testing.TB) *Agent {
 	t.Helper()
-	bin := Require(t)
+	a, err := StartAgent(Options{Bin: Require(t)})
+	if err != nil {
+		t.Fatalf("start consul: %v", err)
+	}
+	t.Cleanup(a.Stop)
+	return a
+}
+
+// Options are what StartAgent adds to a dev agent's defaults.
+type Options struct {
+	Bin   string   // the consul binary; "" means Binary()
+	Args  []string // more agent arguments, e.g. "-hcl", "limits { ... }"
+	Token string   // the token the readiness check sends (ACL agents)
+}
+
+// StartAgent starts a dev agent on free loopback ports and waits until it
+// has a leader and its node is in the catalog (sessions need it). A port
+// taken between picking and binding is retried with new ports, three
+// attempts in all. It needs no testing.TB, so that tools (tools/bench)
+// start Consul the same way tests do; the caller must call Stop.
+func StartAgent(o Options) (*Agent, error) {
+	bin := o.Bin
+	if bin == "" {
+		if bin = Binary(); bin == "" {
+			return nil, ErrNoConsul
+		}
+	}
 	var lastErr error
 	for attempt := range 3 {
-		a, err := start(t, bin, attempt, agentOptions{})
+		a, err := start(bin, attempt, o)
 		if err == nil {
-			t.Cleanup(a.Stop)
-			return a
+			return a, nil
 		}
 		lastErr = err
 	}
-	t.Fatalf("start consul: %v", lastErr)
-	return nil
+	return nil, lastErr
 }
 
-func start(t testing.TB, bin string, attempt int, o agentOptions) (*Agent, error) {
-	ports, err := FreePorts(3)
+func start(bin string, attempt int, o Options) (*Agent, error) {
+	ports, err := testkit.FreePorts(3)
 	if err != nil {
 		return nil, err
 	}
@@ -114,26 +156,26 @@ func start(t testing.TB, bin string, attempt int, o agentOptions) (*Agent, error
 		"-hcl", `ui_config { enabled = false }`,
 		"-log-level", "warn",
 	}
-	args = append(args, o.args...)
-	a := &Agent{Addr: "127.0.0.1:" + strconv.Itoa(ports[0]), Node: node, out: &bytes.Buffer{}, exited: make(chan struct{})}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout = &lockedWriter{mu: &a.mu, w: a.out}
-	cmd.Stderr = cmd.Stdout
-	cmd.Env = append(os.Environ(), "CONSUL_HTTP_TOKEN=")
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("run %s: %w", bin, err)
+	args = append(args, o.Args...)
+	p, err := testkit.StartProcess(testkit.Command{Name: "consul agent " + node, Path: bin, Args: args,
+		Env: append(os.Environ(), "CONSUL_HTTP_TOKEN=")})
+	if err != nil {
+		return nil, err
 	}
-	a.cmd = cmd
-	go func() { _ = cmd.Wait(); close(a.exited) }()
+	a := &Agent{Addr: "127.0.0.1:" + strconv.Itoa(ports[0]), Node: node, p: p}
 
-	client := Client(t, a.Addr)
-	if o.token != "" {
-		client.AddHeader("X-Consul-Token", o.token)
+	client, err := NewClient(a.Addr)
+	if err != nil {
+		a.Stop()
+		return nil, fmt.Errorf("consul client: %w", err)
+	}
+	if o.Token != "" {
+		client.AddHeader("X-Consul-Token", o.Token)
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		select {
-		case <-a.exited:
+		case <-p.Exited():
 			return nil, fmt.Errorf("consul exited during start (attempt %d): %s", attempt, a.Output())
 		default:
 		}
@@ -160,48 +202,11 @@ func ready(c *api.Client, node string) bool {
 }
 
 // Output returns what the agent printed so far.
-func (a *Agent) Output() string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.out.String()
-}
+func (a *Agent) Output() string { return a.p.Output() }
 
 // Stop kills the agent and waits for it to exit.
 func (a *Agent) Stop() {
-	if a.cmd == nil || a.cmd.Process == nil {
-		return
+	if a.p != nil {
+		a.p.Kill()
 	}
-	_ = a.cmd.Process.Kill()
-	<-a.exited
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
-}
-
-// FreePorts returns n loopback TCP ports that were free a moment ago.
-func FreePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			_ = l.Close()
-		}
-	}()
-	ports := make([]int, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("find free port: %w", err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }

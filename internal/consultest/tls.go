@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/leadercron/leadercron/internal/testkit"
 )
 
 // CA is a certificate authority made for one test: a self-signed ECDSA
@@ -169,7 +171,7 @@ func StartTLSWith(t testing.TB, ca *CA, port int) *TLSAgent {
 	for attempt := range 3 {
 		https := port
 		if https == 0 {
-			ports, err := FreePorts(1)
+			ports, err := testkit.FreePorts(1)
 			if err != nil {
 				t.Fatalf("start consul with TLS: %v", err)
 			}
@@ -180,7 +182,7 @@ func StartTLSWith(t testing.TB, ca *CA, port int) *TLSAgent {
 		// connections are not asked for a certificate, so the HTTPS API
 		// works with CONSUL_CACERT alone, and the dev server's own RPC
 		// stays plain.
-		o := agentOptions{args: []string{
+		o := Options{Args: []string{
 			"-hcl", fmt.Sprintf(`tls {
   defaults {
     ca_file         = %q
@@ -192,7 +194,7 @@ func StartTLSWith(t testing.TB, ca *CA, port int) *TLSAgent {
 }`, ca.File, certFile, keyFile),
 			"-hcl", fmt.Sprintf(`ports { https = %d }`, https),
 		}}
-		a, err := start(t, bin, attempt, o)
+		a, err := start(bin, attempt, o)
 		if err != nil {
 			lastErr = err
 			continue

@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/leadercron/leadercron/internal/consultest"
+	"github.com/leadercron/leadercron/internal/testkit"
 )
 
 // The service and prefix that examples/consul/leadercron-policy.hcl is
@@ -21,19 +22,12 @@ const (
 	policyFile = "../../examples/consul/leadercron-policy.hcl"
 )
 
-func aclEnv(agent *consultest.ACLAgent, app *recordingApp, token string) map[string]string {
-	return map[string]string{
-		"CONSUL_HTTP_ADDR":           agent.Addr,
-		"CONSUL_HTTP_TOKEN":          token,
-		"LEADERCRON_SERVICE":         aclService,
-		"LEADERCRON_APP_URL":         app.srv.URL,
-		"LEADERCRON_SESSION_TTL":     ttl.String(),
-		"LEADERCRON_LOCK_DELAY":      lockDelay.String(),
-		"LEADERCRON_DRAIN_INTERVAL":  "100ms",
-		"LEADERCRON_DRAIN_TIMEOUT":   "10s",
-		"LEADERCRON_JOB_TICK":        "* * * * * *",
-		"LEADERCRON_TRIGGER_TIMEOUT": "5s",
-	}
+func aclEnv(agent *consultest.ACLAgent, app *testkit.App, token string) map[string]string {
+	env := consulEnv(agent.Agent, app)
+	delete(env, "LEADERCRON_JOB_EVERY_TWO")
+	env["CONSUL_HTTP_TOKEN"] = token
+	env["LEADERCRON_SERVICE"] = aclService
+	return env
 }
 
 // waitForOutput polls a sidecar's log (an external process) until it
@@ -42,7 +36,7 @@ func waitForOutput(t *testing.T, s *sidecar, timeout time.Duration, wants ...str
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		out := s.output()
+		out := s.Output()
 		missing := ""
 		for _, w := range wants {
 			if !strings.Contains(out, w) {
@@ -54,7 +48,7 @@ func waitForOutput(t *testing.T, s *sidecar, timeout time.Duration, wants ...str
 			return out
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("sidecar %s log lacks %q after %s:\n%s", s.id, missing, timeout, out)
+			t.Fatalf("sidecar %s log lacks %q after %s:\n%s", s.ID, missing, timeout, out)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -73,11 +67,11 @@ func TestACLPolicy(t *testing.T) {
 
 	t.Run("the policy is enough", func(t *testing.T) {
 		h := newHistory()
-		watchLock(t, mgmt, aclLockKey, h)
+		testkit.StartLockWatch(t, h, aclLockKey, mgmt)
 		app := startApp(t, "app-a", h, mgmt, aclLockKey, 1)
 		s := startSidecar(t, "a", aclEnv(agent, app, token))
 
-		evs := h.waitFor(t, 20*time.Second, "3 triggers", func(evs []event) bool { return len(filter(evs, "trigger")) >= 3 })
+		evs := h.WaitFor(t, 20*time.Second, "3 triggers", func(evs []event) bool { return len(filter(evs, "trigger")) >= 3 })
 		last := filter(evs, "trigger")[len(filter(evs, "trigger"))-1]
 		pair, _, err := mgmt.KV().Get("leadercron/"+aclService+"/jobs/tick/last", &api.QueryOptions{RequireConsistent: true})
 		if err != nil || pair == nil {
@@ -86,11 +80,11 @@ func TestACLPolicy(t *testing.T) {
 		t.Logf("last claim in KV: %s; last trigger seen: %s", pair.Value, last.Slot)
 
 		term := time.Now()
-		s.signal(t, syscall.SIGTERM)
-		if code := s.wait(t, 15*time.Second); code != 0 {
+		s.Signal(t, syscall.SIGTERM)
+		if code := s.Wait(t, 15*time.Second); code != 0 {
 			t.Fatalf("sidecar exited %d after SIGTERM, want 0", code)
 		}
-		evs = h.waitFor(t, 5*time.Second, "the lock released", func(evs []event) bool {
+		evs = h.WaitFor(t, 5*time.Second, "the lock released", func(evs []event) bool {
 			locks := filter(evs, "lock")
 			return len(locks) > 0 && locks[len(locks)-1].Session == "" && locks[len(locks)-1].At.After(term)
 		})
@@ -107,7 +101,7 @@ func TestACLPolicy(t *testing.T) {
 				t.Errorf("session %s (%s) still exists after a graceful exit", se.ID, se.Name)
 			}
 		}
-		if out := s.output(); strings.Contains(out, "Permission denied") {
+		if out := s.Output(); strings.Contains(out, "Permission denied") {
 			t.Errorf("sidecar with the policy was denied something:\n%s", out)
 		}
 	})
@@ -156,12 +150,12 @@ func TestACLPolicy(t *testing.T) {
 					break
 				}
 			}
-			if evs, _ := h.snapshot(); len(filter(evs, "trigger")) != 0 {
+			if evs, _ := h.Snapshot(); len(filter(evs, "trigger")) != 0 {
 				n := len(filter(evs, "trigger"))
 				t.Errorf("a sidecar without the rights triggered %d times", n)
 			}
-			s.signal(t, syscall.SIGTERM)
-			if code := s.wait(t, 10*time.Second); code != 0 {
+			s.Signal(t, syscall.SIGTERM)
+			if code := s.Wait(t, 10*time.Second); code != 0 {
 				t.Errorf("denied sidecar exited %d after SIGTERM, want 0", code)
 			}
 		})

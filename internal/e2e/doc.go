@@ -9,4 +9,10 @@
 // and a drain that times out exits 3 without releasing the lock.
 // GET /metrics agrees with Consul (the fencing token is the lock key's
 // ModifyIndex) and with what the apps received.
+//
+// The harness (event history, recording apps, lock watcher, sidecar
+// processes) is internal/testkit, shared with internal/faults and
+// tools/bench; harness_test.go only names it and builds the binary. With
+// go test -short the binary is not built and every test that runs it
+// skips.
 package e2e

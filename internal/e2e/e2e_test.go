@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/leadercron/leadercron/internal/consultest"
+	"github.com/leadercron/leadercron/internal/testkit"
 )
 
 const (
@@ -15,10 +16,10 @@ const (
 	lockDelay = 2 * time.Second
 )
 
-func consulEnv(agent *consultest.Agent, app *recordingApp) map[string]string {
+func consulEnv(agent *consultest.Agent, app *testkit.App) map[string]string {
 	return map[string]string{
 		"CONSUL_HTTP_ADDR":           agent.Addr,
-		"LEADERCRON_APP_URL":         app.srv.URL,
+		"LEADERCRON_APP_URL":         app.URL,
 		"LEADERCRON_SESSION_TTL":     ttl.String(),
 		"LEADERCRON_LOCK_DELAY":      lockDelay.String(),
 		"LEADERCRON_DRAIN_INTERVAL":  "100ms",
@@ -36,7 +37,7 @@ func fleet(t *testing.T, busyPolls int) (*history, map[string]*sidecar, *consult
 	agent := consultest.Start(t)
 	c := consultest.Client(t, agent.Addr)
 	h := newHistory()
-	watchLock(t, c, lockKey, h)
+	testkit.StartLockWatch(t, h, lockKey, c)
 	sidecars := map[string]*sidecar{}
 	for _, id := range []string{"a", "b"} {
 		app := startApp(t, "app-"+id, h, c, lockKey, busyPolls)
@@ -54,10 +55,10 @@ func triggersBy(evs []event) map[string]int {
 	return n
 }
 
-func TestGracefulHandover(t *testing.T) {
-	h, sidecars, _ := fleet(t, 2)
-
-	evs := h.waitFor(t, 20*time.Second, "4 triggers", func(evs []event) bool { return len(filter(evs, "trigger")) >= 4 })
+// soleLeader returns the one sidecar that triggered in evs and another
+// one of sidecars; it fails the test if triggers came from more than one.
+func soleLeader(t *testing.T, evs []event, sidecars map[string]*sidecar) (string, *sidecar) {
+	t.Helper()
 	by := triggersBy(evs)
 	if len(by) != 1 {
 		t.Fatalf("triggers came from %d sidecars, want exactly 1: %v", len(by), by)
@@ -66,23 +67,58 @@ func TestGracefulHandover(t *testing.T) {
 	for id := range by {
 		leaderID = id
 	}
-	old := sidecars[leaderID]
 	var standby *sidecar
 	for id, s := range sidecars {
 		if id != leaderID {
 			standby = s
 		}
 	}
+	return leaderID, standby
+}
 
+// checkTokensGrow fails the test unless every trigger from a sidecar
+// other than the old leader carries a higher fencing token than all of
+// the old leader's.
+func checkTokensGrow(t *testing.T, evs []event, oldLeader string) {
+	t.Helper()
+	var oldMax, newMin uint64
+	for _, e := range filter(evs, "trigger") {
+		if e.Sidecar == oldLeader {
+			oldMax = max(oldMax, e.Token)
+		} else if newMin == 0 || e.Token < newMin {
+			newMin = e.Token
+		}
+	}
+	if newMin <= oldMax {
+		t.Errorf("new leader's token %d is not above the old leader's %d", newMin, oldMax)
+	}
+}
+
+// sigtermHandover sends SIGTERM to the leader old, which must exit 0, and
+// waits for a trigger from standby. It returns when the signal was sent
+// and the history then, checked for slots triggered twice.
+func sigtermHandover(t *testing.T, h *history, old, standby *sidecar) (time.Time, []event) {
+	t.Helper()
 	term := time.Now()
-	old.signal(t, syscall.SIGTERM)
-	if code := old.wait(t, 15*time.Second); code != 0 {
+	old.Signal(t, syscall.SIGTERM)
+	if code := old.Wait(t, 15*time.Second); code != 0 {
 		t.Fatalf("leader exited %d after SIGTERM, want 0", code)
 	}
-	evs = h.waitFor(t, 10*time.Second, "a trigger from the new leader", func(evs []event) bool {
-		return triggersBy(evs)[standby.id] > 0
+	evs := h.WaitFor(t, 10*time.Second, "a trigger from the new leader", func(evs []event) bool {
+		return triggersBy(evs)[standby.ID] > 0
 	})
 	checkNoDuplicateSlots(t, evs)
+	return term, evs
+}
+
+func TestGracefulHandover(t *testing.T) {
+	h, sidecars, _ := fleet(t, 2)
+
+	evs := h.WaitFor(t, 20*time.Second, "4 triggers", func(evs []event) bool { return len(filter(evs, "trigger")) >= 4 })
+	leaderID, standby := soleLeader(t, evs, sidecars)
+	old := sidecars[leaderID]
+
+	term, evs := sigtermHandover(t, h, old, standby)
 	logSlotDelays(t, evs)
 
 	// The old leader's app was drained while the old leader still held
@@ -129,22 +165,12 @@ func TestGracefulHandover(t *testing.T) {
 	}
 
 	// Fencing tokens grow with the new leadership.
-	var oldMax, newMin uint64
-	for _, e := range filter(evs, "trigger") {
-		if e.Sidecar == leaderID {
-			oldMax = max(oldMax, e.Token)
-		} else if newMin == 0 || e.Token < newMin {
-			newMin = e.Token
-		}
-	}
-	if newMin <= oldMax {
-		t.Errorf("new leader's token %d is not above the old leader's %d", newMin, oldMax)
-	}
+	checkTokensGrow(t, evs, leaderID)
 }
 
 func TestLeaderKilled(t *testing.T) {
 	h, sidecars, _ := fleet(t, 0)
-	evs := h.waitFor(t, 20*time.Second, "3 triggers", func(evs []event) bool { return len(filter(evs, "trigger")) >= 3 })
+	evs := h.WaitFor(t, 20*time.Second, "3 triggers", func(evs []event) bool { return len(filter(evs, "trigger")) >= 3 })
 	var leaderID string
 	for id := range triggersBy(evs) {
 		leaderID = id
@@ -156,11 +182,11 @@ func TestLeaderKilled(t *testing.T) {
 		}
 	}
 	killed := time.Now()
-	sidecars[leaderID].signal(t, syscall.SIGKILL)
-	sidecars[leaderID].wait(t, 5*time.Second)
+	sidecars[leaderID].Signal(t, syscall.SIGKILL)
+	sidecars[leaderID].Wait(t, 5*time.Second)
 
-	evs = h.waitFor(t, 2*ttl+lockDelay+5*time.Second, "a trigger from the standby", func(evs []event) bool {
-		return triggersBy(evs)[standby.id] > 0
+	evs = h.WaitFor(t, 2*ttl+lockDelay+5*time.Second, "a trigger from the standby", func(evs []event) bool {
+		return triggersBy(evs)[standby.ID] > 0
 	})
 	checkNoDuplicateSlots(t, evs)
 	var acquired time.Time
@@ -191,10 +217,10 @@ func TestDrainTimeoutExits3WithoutRelease(t *testing.T) {
 	env := consulEnv(agent, app)
 	env["LEADERCRON_DRAIN_TIMEOUT"] = "1s"
 	s := startSidecar(t, "a", env)
-	h.waitFor(t, 20*time.Second, "a trigger", func(evs []event) bool { return len(filter(evs, "trigger")) > 0 })
+	h.WaitFor(t, 20*time.Second, "a trigger", func(evs []event) bool { return len(filter(evs, "trigger")) > 0 })
 
-	s.signal(t, syscall.SIGTERM)
-	if code := s.wait(t, 10*time.Second); code != 3 {
+	s.Signal(t, syscall.SIGTERM)
+	if code := s.Wait(t, 10*time.Second); code != 3 {
 		t.Fatalf("exit code %d after a drain timeout, want 3", code)
 	}
 	pair, _, err := c.KV().Get(lockKey, nil)
@@ -208,16 +234,16 @@ func TestStandaloneTriggersAndDrains(t *testing.T) {
 	app := startApp(t, "app", h, nil, "", 0)
 	s := startSidecar(t, "solo", map[string]string{
 		"LEADERCRON_LOCK":          "none",
-		"LEADERCRON_APP_URL":       app.srv.URL,
+		"LEADERCRON_APP_URL":       app.URL,
 		"LEADERCRON_JOB_TICK":      "* * * * * *",
 		"LEADERCRON_DRAIN_TIMEOUT": "5s",
 	})
-	h.waitFor(t, 10*time.Second, "2 triggers", func(evs []event) bool { return len(filter(evs, "trigger")) >= 2 })
-	s.signal(t, syscall.SIGTERM)
-	if code := s.wait(t, 10*time.Second); code != 0 {
+	h.WaitFor(t, 10*time.Second, "2 triggers", func(evs []event) bool { return len(filter(evs, "trigger")) >= 2 })
+	s.Signal(t, syscall.SIGTERM)
+	if code := s.Wait(t, 10*time.Second); code != 0 {
 		t.Fatalf("exit code %d, want 0", code)
 	}
-	evs, _ := h.snapshot()
+	evs, _ := h.Snapshot()
 	if len(filter(evs, "drain")) == 0 {
 		t.Error("app was not drained on SIGTERM")
 	}
@@ -232,10 +258,10 @@ func TestBadConfigurationExits2(t *testing.T) {
 		"LEADERCRON_JOB_A":       "61 * * * *",
 		"LEADERCRON_JOB_B":       "@hourly colour=blue",
 	})
-	if code := s.wait(t, 10*time.Second); code != 2 {
+	if code := s.Wait(t, 10*time.Second); code != 2 {
 		t.Fatalf("exit code %d, want 2", code)
 	}
-	out := s.output()
+	out := s.Output()
 	for _, want := range []string{
 		"LEADERCRON_SERVICE",
 		`LEADERCRON_SESSION_TTL="0s"`,

@@ -1,19 +1,17 @@
 package e2e
 
 import (
-	"bytes"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/leadercron/leadercron/internal/consultest"
+	"github.com/leadercron/leadercron/internal/testkit"
 )
 
 // TestGoExampleApp runs examples/go/demo-app (built on the public
@@ -25,13 +23,16 @@ import (
 // and the sidecar's signed triggers still fire; SIGTERM drains the app
 // before the sidecar exits 0.
 func TestGoExampleApp(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: skipping a test that runs the leadercron binary")
+	}
 	dir := t.TempDir()
 	appBin := filepath.Join(dir, "demo-app")
 	build := exec.Command("go", "build", "-o", appBin, "github.com/leadercron/leadercron/examples/go/demo-app")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build demo-app: %v\n%s", err, out)
 	}
-	ports, err := consultest.FreePorts(2)
+	ports, err := testkit.FreePorts(2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,24 +42,19 @@ func TestGoExampleApp(t *testing.T) {
 	if err := os.WriteFile(secretFile, []byte("e2e-secret-0123456789abcdef-0123456789\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var appOut bytes.Buffer
-	app := exec.Command(appBin, "-listen", publicAddr, "-trigger-listen", appAddr)
-	app.Env = []string{"PATH=" + os.Getenv("PATH"), "LEADERCRON_TRIGGER_SECRET_FILE=" + secretFile}
-	app.Stdout, app.Stderr = lockedBuffer{&mu, &appOut}, lockedBuffer{&mu, &appOut}
-	if err := app.Start(); err != nil {
+	app, err := testkit.StartProcess(testkit.Command{Name: "demo-app", Path: appBin,
+		Args: []string{"-listen", publicAddr, "-trigger-listen", appAddr},
+		Env:  []string{"PATH=" + os.Getenv("PATH"), "LEADERCRON_TRIGGER_SECRET_FILE=" + secretFile}})
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_ = app.Process.Kill()
-		_ = app.Wait()
+		app.Kill()
 		if t.Failed() {
-			mu.Lock()
-			t.Logf("demo-app output:\n%s", appOut.String())
-			mu.Unlock()
+			t.Logf("demo-app output:\n%s", app.Output())
 		}
 	})
-	appLog := func() string { mu.Lock(); defer mu.Unlock(); return appOut.String() }
+	appLog := app.Output
 
 	s := startSidecar(t, "a", map[string]string{
 		"LEADERCRON_LOCK":                "none",
@@ -84,11 +80,11 @@ func TestGoExampleApp(t *testing.T) {
 	if n := strings.Count(appLog(), "hello from the demo app"); n < 1 {
 		t.Errorf("the demo app logged %d hello runs", n)
 	}
-	s.signal(t, syscall.SIGTERM)
-	if code := s.wait(t, 15*time.Second); code != 0 {
+	s.Signal(t, syscall.SIGTERM)
+	if code := s.Wait(t, 15*time.Second); code != 0 {
 		t.Fatalf("sidecar exited %d after SIGTERM, want 0", code)
 	}
-	if out := s.output(); !strings.Contains(out, "app drained") {
+	if out := s.Output(); !strings.Contains(out, "app drained") {
 		t.Errorf("sidecar did not drain the demo app:\n%s", out)
 	}
 }

@@ -5,11 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"net/http/httptest"
 	"os/exec"
-	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,6 +17,7 @@ import (
 	"github.com/leadercron/leadercron/internal/fate"
 	"github.com/leadercron/leadercron/internal/kvlayout"
 	"github.com/leadercron/leadercron/internal/ledger"
+	"github.com/leadercron/leadercron/internal/testkit"
 )
 
 // This file tests issue 4's job semantics end to end: the built binary,
@@ -27,111 +25,10 @@ import (
 
 const jobsPrefix = "leadercron/e2e"
 
-// jobApp is an app whose answers each test scripts: per job, the status
-// to answer for the n-th trigger (1-based) and how long the run lasts.
-type jobApp struct {
-	name string
-	h    *history
-	srv  *httptest.Server
-
-	mu       sync.Mutex
-	script   map[string]func(n int) (int, time.Duration)
-	count    map[string]int
-	running  map[string]int
-	overlaps []string // "job" or "group" violations seen
-	groups   map[string]string
-	healthy  bool
-	drainFor time.Time // /drain reports a running job until then
-}
-
-func startJobApp(t *testing.T, name string, h *history) *jobApp {
-	t.Helper()
-	a := &jobApp{name: name, h: h, script: map[string]func(int) (int, time.Duration){}, count: map[string]int{},
-		running: map[string]int{}, groups: map[string]string{}, healthy: true}
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST /jobs/{name}", func(w http.ResponseWriter, r *http.Request) {
-		var body struct {
-			Attempt int `json:"attempt"`
-		}
-		_ = json.NewDecoder(r.Body).Decode(&body)
-		job := r.PathValue("name")
-		token, _ := strconv.ParseUint(r.Header.Get("Leadercron-Fencing-Token"), 10, 64)
-		h.add(event{Kind: "trigger", App: name, Sidecar: r.Header.Get("Leadercron-Id"), Job: job,
-			Slot: r.Header.Get("Leadercron-Slot"), Token: token, Attempt: body.Attempt})
-		a.mu.Lock()
-		a.count[job]++
-		n := a.count[job]
-		script := a.script[job]
-		if a.running[job] > 0 {
-			a.overlaps = append(a.overlaps, "job "+job)
-		}
-		if g := a.groups[job]; g != "" {
-			for other, og := range a.groups {
-				if other != job && og == g && a.running[other] > 0 {
-					a.overlaps = append(a.overlaps, "group "+g+": "+job+" with "+other)
-				}
-			}
-		}
-		a.running[job]++
-		a.mu.Unlock()
-		status, hold := http.StatusNoContent, time.Duration(0)
-		if script != nil {
-			status, hold = script(n)
-		}
-		time.Sleep(hold) // the run itself: the app's work, not synchronisation
-		a.mu.Lock()
-		a.running[job]--
-		a.mu.Unlock()
-		w.WriteHeader(status)
-	})
-	mux.HandleFunc("POST /drain", func(w http.ResponseWriter, r *http.Request) {
-		a.mu.Lock()
-		running := 0
-		for _, n := range a.running {
-			running += n
-		}
-		if time.Now().Before(a.drainFor) {
-			running++
-		}
-		a.mu.Unlock()
-		h.add(event{Kind: "drain", App: name, Sidecar: r.Header.Get("Leadercron-Id")})
-		_ = json.NewEncoder(w).Encode(map[string]int{"running": running})
-	})
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		a.mu.Lock()
-		ok := a.healthy
-		a.mu.Unlock()
-		if !ok {
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-	})
-	a.srv = httptest.NewServer(mux)
-	t.Cleanup(a.srv.Close)
-	return a
-}
-
-func (a *jobApp) setScript(job string, f func(n int) (int, time.Duration)) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.script[job] = f
-}
-
-func (a *jobApp) setHealthy(ok bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.healthy = ok
-}
-
-func (a *jobApp) violations() []string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return append([]string(nil), a.overlaps...)
-}
-
-func jobsEnv(agent *consultest.Agent, app *jobApp, jobs map[string]string) map[string]string {
+func jobsEnv(agent *consultest.Agent, app *testkit.App, jobs map[string]string) map[string]string {
 	env := map[string]string{
 		"CONSUL_HTTP_ADDR":           agent.Addr,
-		"LEADERCRON_APP_URL":         app.srv.URL,
+		"LEADERCRON_APP_URL":         app.URL,
 		"LEADERCRON_SESSION_TTL":     ttl.String(),
 		"LEADERCRON_LOCK_DELAY":      lockDelay.String(),
 		"LEADERCRON_DRAIN_INTERVAL":  "100ms",
@@ -147,14 +44,14 @@ func jobsEnv(agent *consultest.Agent, app *jobApp, jobs map[string]string) map[s
 // statusOf reads a sidecar's /status.
 func statusOf(t *testing.T, s *sidecar) map[string]any {
 	t.Helper()
-	resp, err := http.Get("http://" + s.listen + "/status")
+	resp, err := http.Get("http://" + s.Listen + "/status")
 	if err != nil {
-		t.Fatalf("status of %s: %v", s.id, err)
+		t.Fatalf("status of %s: %v", s.ID, err)
 	}
 	defer resp.Body.Close()
 	var v map[string]any
 	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
-		t.Fatalf("status of %s: %v", s.id, err)
+		t.Fatalf("status of %s: %v", s.ID, err)
 	}
 	return v
 }
@@ -163,7 +60,7 @@ func waitStatus(t *testing.T, s *sidecar, timeout time.Duration, what string, co
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		if resp, err := http.Get("http://" + s.listen + "/status"); err == nil {
+		if resp, err := http.Get("http://" + s.Listen + "/status"); err == nil {
 			var v map[string]any
 			err := json.NewDecoder(resp.Body).Decode(&v)
 			resp.Body.Close()
@@ -172,7 +69,7 @@ func waitStatus(t *testing.T, s *sidecar, timeout time.Duration, what string, co
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: timed out after %s waiting for %s", s.id, timeout, what)
+			t.Fatalf("%s: timed out after %s waiting for %s", s.ID, timeout, what)
 		}
 		time.Sleep(50 * time.Millisecond) // polling another process's endpoint
 	}
@@ -221,19 +118,18 @@ func TestRetriesOverlapAndGroups(t *testing.T) {
 	agent := consultest.Start(t)
 	c := consultest.Client(t, agent.Addr)
 	h := newHistory()
-	app := startJobApp(t, "app", h)
-	app.setScript("flaky", func(n int) (int, time.Duration) {
+	app := testkit.StartApp(t, "app", h)
+	app.Script("flaky", func(n int) (int, time.Duration) {
 		if n <= 2 {
 			return http.StatusServiceUnavailable, 0
 		}
 		return http.StatusNoContent, 0
 	})
-	app.setScript("slow", func(int) (int, time.Duration) { return http.StatusNoContent, 2500 * time.Millisecond })
-	app.setScript("ga", func(int) (int, time.Duration) { return http.StatusNoContent, 600 * time.Millisecond })
-	app.setScript("gb", func(int) (int, time.Duration) { return http.StatusNoContent, 600 * time.Millisecond })
-	app.mu.Lock()
-	app.groups["ga"], app.groups["gb"] = "g", "g"
-	app.mu.Unlock()
+	app.Script("slow", func(int) (int, time.Duration) { return http.StatusNoContent, 2500 * time.Millisecond })
+	app.Script("ga", func(int) (int, time.Duration) { return http.StatusNoContent, 600 * time.Millisecond })
+	app.Script("gb", func(int) (int, time.Duration) { return http.StatusNoContent, 600 * time.Millisecond })
+	app.SetGroup("ga", "g")
+	app.SetGroup("gb", "g")
 	startSidecar(t, "a", jobsEnv(agent, app, map[string]string{
 		"FLAKY": "@every 30s retries=3 backoff=200ms",
 		"SLOW":  "* * * * * *",
@@ -241,7 +137,7 @@ func TestRetriesOverlapAndGroups(t *testing.T) {
 		"GB":    "* * * * * * group=g timeout=3s",
 	}))
 
-	evs := h.waitFor(t, 45*time.Second, "flaky's third attempt and 4 runs of each group job", func(evs []event) bool {
+	evs := h.WaitFor(t, 45*time.Second, "flaky's third attempt and 4 runs of each group job", func(evs []event) bool {
 		n := map[string]int{}
 		for _, e := range filter(evs, "trigger") {
 			n[e.Job]++
@@ -255,7 +151,7 @@ func TestRetriesOverlapAndGroups(t *testing.T) {
 		}
 	}
 	for i, e := range flaky[:3] {
-		if e.Attempt != i+1 || e.Slot != flaky[0].Slot {
+		if e.Attempt != i+1 || !e.Slot.Equal(flaky[0].Slot) {
 			t.Errorf("flaky trigger %d: attempt %d for slot %s; want attempt %d for %s", i+1, e.Attempt, e.Slot, i+1, flaky[0].Slot)
 		}
 	}
@@ -265,7 +161,7 @@ func TestRetriesOverlapAndGroups(t *testing.T) {
 	if gap := flaky[2].At.Sub(flaky[1].At); gap < 400*time.Millisecond {
 		t.Errorf("second retry %s after the first retry, want at least the doubled 400ms backoff", gap)
 	}
-	if v := app.violations(); len(v) != 0 {
+	if v := app.Violations(); len(v) != 0 {
 		t.Errorf("the app saw overlapping runs: %v", v)
 	}
 	waitHistory(t, c, "flaky", 10*time.Second, "a fired entry after 3 attempts", func(l []kvlayout.Entry) bool {
@@ -299,10 +195,10 @@ func TestPauseResumeAndRunNow(t *testing.T) {
 	agent := consultest.Start(t)
 	c := consultest.Client(t, agent.Addr)
 	h := newHistory()
-	app := startJobApp(t, "app", h)
+	app := testkit.StartApp(t, "app", h)
 	jobs := map[string]string{"TICK": "* * * * * *", "NIGHTLY": "0 0 3 * * *"}
 	s := startSidecar(t, "a", jobsEnv(agent, app, jobs))
-	h.waitFor(t, 20*time.Second, "tick firing", func(evs []event) bool { return len(filter(evs, "trigger")) >= 2 })
+	h.WaitFor(t, 20*time.Second, "tick firing", func(evs []event) bool { return len(filter(evs, "trigger")) >= 2 })
 
 	runCmd(t, agent, jobs, "pause", "-reason", "e2e", "tick")
 	paused := time.Now()
@@ -327,7 +223,7 @@ func TestPauseResumeAndRunNow(t *testing.T) {
 	time.Sleep(2 * time.Second) // let slots pass while paused: time is the subject here
 	quiet := time.Now()
 	time.Sleep(2 * time.Second)
-	for _, e := range filter(func() []event { evs, _ := h.snapshot(); return evs }(), "trigger") {
+	for _, e := range filter(func() []event { evs, _ := h.Snapshot(); return evs }(), "trigger") {
 		if e.Job == "tick" && e.At.After(quiet) {
 			t.Errorf("tick fired at %s while paused (paused at %s)", e.At.Format("15:04:05.000"), paused.Format("15:04:05.000"))
 		}
@@ -335,7 +231,7 @@ func TestPauseResumeAndRunNow(t *testing.T) {
 
 	runCmd(t, agent, jobs, "resume", "tick")
 	resumed := time.Now()
-	h.waitFor(t, 10*time.Second, "tick firing again", func(evs []event) bool {
+	h.WaitFor(t, 10*time.Second, "tick firing again", func(evs []event) bool {
 		for _, e := range filter(evs, "trigger") {
 			if e.Job == "tick" && e.At.After(resumed) {
 				return true
@@ -345,7 +241,7 @@ func TestPauseResumeAndRunNow(t *testing.T) {
 	})
 
 	out := runCmd(t, agent, jobs, "run", "nightly")
-	h.waitFor(t, 10*time.Second, "the run-now of nightly", func(evs []event) bool {
+	h.WaitFor(t, 10*time.Second, "the run-now of nightly", func(evs []event) bool {
 		for _, e := range filter(evs, "trigger") {
 			if e.Job == "nightly" {
 				return true
@@ -355,7 +251,7 @@ func TestPauseResumeAndRunNow(t *testing.T) {
 	})
 	// It fires once: give the leader time to fire it twice if it would.
 	time.Sleep(2 * time.Second)
-	evs, _ := h.snapshot()
+	evs, _ := h.Snapshot()
 	n := 0
 	for _, e := range filter(evs, "trigger") {
 		if e.Job == "nightly" {
@@ -393,14 +289,14 @@ func TestPauseResumeAndRunNow(t *testing.T) {
 func postHandover(t *testing.T, s *sidecar) (map[string]any, time.Duration) {
 	t.Helper()
 	start := time.Now()
-	resp, err := http.Post("http://"+s.listen+"/handover", "", nil)
+	resp, err := http.Post("http://"+s.Listen+"/handover", "", nil)
 	if err != nil {
-		t.Fatalf("handover %s: %v", s.id, err)
+		t.Fatalf("handover %s: %v", s.ID, err)
 	}
 	defer resp.Body.Close()
 	var v map[string]any
 	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("handover %s: %d %v %v", s.id, resp.StatusCode, v, err)
+		t.Fatalf("handover %s: %d %v %v", s.ID, resp.StatusCode, v, err)
 	}
 	return v, time.Since(start)
 }
@@ -412,14 +308,14 @@ func TestHandoverEndpoint(t *testing.T) {
 	agent := consultest.Start(t)
 	c := consultest.Client(t, agent.Addr)
 	h := newHistory()
-	watchLock(t, c, lockKey, h)
-	apps := map[string]*jobApp{}
+	testkit.StartLockWatch(t, h, lockKey, c)
+	apps := map[string]*testkit.App{}
 	sidecars := map[string]*sidecar{}
 	for _, id := range []string{"a", "b", "c"} {
-		apps[id] = startJobApp(t, "app-"+id, h)
+		apps[id] = testkit.StartApp(t, "app-"+id, h)
 		sidecars[id] = startSidecar(t, id, jobsEnv(agent, apps[id], map[string]string{"TICK": "* * * * * *"}))
 	}
-	evs := h.waitFor(t, 20*time.Second, "2 triggers", func(evs []event) bool { return len(filter(evs, "trigger")) >= 2 })
+	evs := h.WaitFor(t, 20*time.Second, "2 triggers", func(evs []event) bool { return len(filter(evs, "trigger")) >= 2 })
 	leaderID := filter(evs, "trigger")[0].Sidecar
 	var standbys []string
 	for id := range sidecars {
@@ -437,16 +333,14 @@ func TestHandoverEndpoint(t *testing.T) {
 		t.Errorf("standby after handover: handed_over %v campaigning %v", st["handed_over"], st["campaigning"])
 	}
 
-	apps[leaderID].mu.Lock()
-	apps[leaderID].drainFor = time.Now().Add(500 * time.Millisecond)
-	apps[leaderID].mu.Unlock()
+	apps[leaderID].BusyUntil(time.Now().Add(500 * time.Millisecond))
 	res, took = postHandover(t, sidecars[leaderID])
 	answered := time.Now()
 	t.Logf("POST /handover on the leader answered after %s (app busy for 500ms)", took.Round(time.Millisecond))
 	if res["outcome"] != "released" {
 		t.Fatalf("handover of the leader = %v, want released", res)
 	}
-	evs, _ = h.snapshot()
+	evs, _ = h.Snapshot()
 	drained := false
 	for _, e := range filter(evs, "drain") {
 		if e.App == "app-"+leaderID && e.At.Before(answered) {
@@ -470,8 +364,8 @@ func TestHandoverEndpoint(t *testing.T) {
 	}
 	// The handed-over sidecars still run until their stop signal, and
 	// then exit 0.
-	sidecars[leaderID].signal(t, syscall.SIGTERM)
-	if code := sidecars[leaderID].wait(t, 10*time.Second); code != 0 {
+	sidecars[leaderID].Signal(t, syscall.SIGTERM)
+	if code := sidecars[leaderID].Wait(t, 10*time.Second); code != 0 {
 		t.Errorf("handed-over sidecar exited %d, want 0", code)
 	}
 	checkNoDuplicateSlots(t, evs)
@@ -484,14 +378,14 @@ func TestCatchUpAcrossDrainingHandover(t *testing.T) {
 	agent := consultest.Start(t)
 	c := consultest.Client(t, agent.Addr)
 	h := newHistory()
-	watchLock(t, c, lockKey, h)
-	apps := map[string]*jobApp{}
+	testkit.StartLockWatch(t, h, lockKey, c)
+	apps := map[string]*testkit.App{}
 	sidecars := map[string]*sidecar{}
 	for _, id := range []string{"a", "b"} {
-		apps[id] = startJobApp(t, "app-"+id, h)
+		apps[id] = testkit.StartApp(t, "app-"+id, h)
 		sidecars[id] = startSidecar(t, id, jobsEnv(agent, apps[id], map[string]string{"EVERY3": "*/3 * * * * * catchup=20s"}))
 	}
-	evs := h.waitFor(t, 20*time.Second, "2 triggers", func(evs []event) bool { return len(filter(evs, "trigger")) >= 2 })
+	evs := h.WaitFor(t, 20*time.Second, "2 triggers", func(evs []event) bool { return len(filter(evs, "trigger")) >= 2 })
 	leaderID := filter(evs, "trigger")[0].Sidecar
 	heirID := "a"
 	if leaderID == "a" {
@@ -499,22 +393,17 @@ func TestCatchUpAcrossDrainingHandover(t *testing.T) {
 	}
 	// The old leader's app keeps reporting a running job for 4s: at
 	// least one slot falls due during the drain.
-	apps[leaderID].mu.Lock()
-	apps[leaderID].drainFor = time.Now().Add(4 * time.Second)
-	apps[leaderID].mu.Unlock()
-	sidecars[leaderID].signal(t, syscall.SIGTERM)
-	if code := sidecars[leaderID].wait(t, 15*time.Second); code != 0 {
+	apps[leaderID].BusyUntil(time.Now().Add(4 * time.Second))
+	sidecars[leaderID].Signal(t, syscall.SIGTERM)
+	if code := sidecars[leaderID].Wait(t, 15*time.Second); code != 0 {
 		t.Fatalf("old leader exited %d", code)
 	}
-	evs = h.waitFor(t, 15*time.Second, "3 triggers from the heir", func(evs []event) bool { return triggersBy(evs)[heirID] >= 3 })
+	evs = h.WaitFor(t, 15*time.Second, "3 triggers from the heir", func(evs []event) bool { return triggersBy(evs)[heirID] >= 3 })
 
 	var slots []time.Time
 	late := false
 	for _, e := range filter(evs, "trigger") {
-		s, err := time.Parse(time.RFC3339, e.Slot)
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := e.Slot
 		slots = append(slots, s)
 		if e.Sidecar == heirID && e.At.Sub(s) > time.Second {
 			late = true
@@ -538,11 +427,11 @@ func TestHealthGate(t *testing.T) {
 	agent := consultest.Start(t)
 	c := consultest.Client(t, agent.Addr)
 	h := newHistory()
-	watchLock(t, c, lockKey, h)
-	app := startJobApp(t, "app", h)
-	app.setHealthy(false)
+	testkit.StartLockWatch(t, h, lockKey, c)
+	app := testkit.StartApp(t, "app", h)
+	app.SetHealthy(false)
 	env := jobsEnv(agent, app, map[string]string{"TICK": "* * * * * *"})
-	env["LEADERCRON_APP_HEALTH_URL"] = app.srv.URL + "/healthz"
+	env["LEADERCRON_APP_HEALTH_URL"] = app.URL + "/healthz"
 	env["LEADERCRON_APP_HEALTH_INTERVAL"] = "200ms"
 	env["LEADERCRON_APP_HEALTH_FAILURES"] = "2"
 	s := startSidecar(t, "a", env)
@@ -555,13 +444,13 @@ func TestHealthGate(t *testing.T) {
 		t.Fatalf("lock taken while the app is unhealthy: %+v %v", pair, err)
 	}
 
-	app.setHealthy(true)
+	app.SetHealthy(true)
 	waitStatus(t, s, 10*time.Second, "leading after the app turned healthy", isLeader)
-	h.waitFor(t, 10*time.Second, "a trigger", func(evs []event) bool { return len(filter(evs, "trigger")) >= 1 })
+	h.WaitFor(t, 10*time.Second, "a trigger", func(evs []event) bool { return len(filter(evs, "trigger")) >= 1 })
 
-	app.setHealthy(false)
+	app.SetHealthy(false)
 	turned := time.Now()
-	h.waitFor(t, 10*time.Second, "drain, then the lock released", func(evs []event) bool {
+	h.WaitFor(t, 10*time.Second, "drain, then the lock released", func(evs []event) bool {
 		drained := false
 		for _, e := range evs {
 			if e.Kind == "drain" && e.At.After(turned) {
@@ -576,7 +465,7 @@ func TestHealthGate(t *testing.T) {
 	if st := statusOf(t, s); isLeader(st) || st["app_healthy"] != false {
 		t.Errorf("after the app failed: %v", st)
 	}
-	app.setHealthy(true)
+	app.SetHealthy(true)
 	waitStatus(t, s, 10*time.Second, "leading again after recovery", isLeader)
 }
 
@@ -591,8 +480,8 @@ func TestHandoverWaitsForRunsOfALostTerm(t *testing.T) {
 	agent := consultest.Start(t)
 	proxy := consultest.NewProxy(t, agent.Addr)
 	h := newHistory()
-	app := startJobApp(t, "app-a", h)
-	app.setScript("slow", func(n int) (int, time.Duration) {
+	app := testkit.StartApp(t, "app-a", h)
+	app.Script("slow", func(n int) (int, time.Duration) {
 		if n == 1 {
 			return http.StatusNoContent, runFor
 		}
@@ -602,7 +491,7 @@ func TestHandoverWaitsForRunsOfALostTerm(t *testing.T) {
 	env["CONSUL_HTTP_ADDR"] = proxy.Addr
 	env["LEADERCRON_TRIGGER_TIMEOUT"] = "15s"
 	s := startSidecar(t, "a", env)
-	evs := h.waitFor(t, 20*time.Second, "the slow run", func(evs []event) bool { return len(filter(evs, "trigger")) >= 1 })
+	evs := h.WaitFor(t, 20*time.Second, "the slow run", func(evs []event) bool { return len(filter(evs, "trigger")) >= 1 })
 	started := filter(evs, "trigger")[0].At
 	proxy.Blackhole()
 	defer proxy.Heal()

@@ -24,12 +24,12 @@ func scrapeMetrics(t *testing.T, s *sidecar) scrape {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		fams, err := fetchMetrics(s.listen)
+		fams, err := fetchMetrics(s.Listen)
 		if err == nil {
 			return fams
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("scrape sidecar %s: %v", s.id, err)
+			t.Fatalf("scrape sidecar %s: %v", s.ID, err)
 		}
 		time.Sleep(50 * time.Millisecond) // polling another process's port
 	}
@@ -109,7 +109,7 @@ func TestMetricsScrape(t *testing.T) {
 	h, sidecars, agent := fleet(t, 0)
 	c := consultest.Client(t, agent.Addr)
 
-	evs := h.waitFor(t, 20*time.Second, "3 tick triggers", func(evs []event) bool { return countTicks(evs, "") >= 3 })
+	evs := h.WaitFor(t, 20*time.Second, "3 tick triggers", func(evs []event) bool { return countTicks(evs, "") >= 3 })
 	by := triggersBy(evs)
 	if len(by) != 1 {
 		t.Fatalf("triggers came from %d sidecars, want exactly 1: %v", len(by), by)
@@ -127,10 +127,10 @@ func TestMetricsScrape(t *testing.T) {
 	// ModifyIndex (the key is written only by the acquire while held).
 	ls, ss := scrapeMetrics(t, lead), scrapeMetrics(t, standby)
 	if got := ls.value(t, "leadercron_is_leader", nil); got != 1 {
-		t.Errorf("leader %s: is_leader %v, want 1", lead.id, got)
+		t.Errorf("leader %s: is_leader %v, want 1", lead.ID, got)
 	}
 	if got := ss.value(t, "leadercron_is_leader", nil); got != 0 {
-		t.Errorf("standby %s: is_leader %v, want 0", standby.id, got)
+		t.Errorf("standby %s: is_leader %v, want 0", standby.ID, got)
 	}
 	pair, _, err := c.KV().Get(lockKey, nil)
 	if err != nil || pair == nil {
@@ -191,8 +191,8 @@ func TestMetricsScrape(t *testing.T) {
 	t.Logf("leader's slots_total{tick,fired}: %d, then %d, each equal to its app's count", first, second)
 
 	// Graceful handover: the standby becomes the leader with a new term.
-	lead.signal(t, syscall.SIGTERM)
-	if code := lead.wait(t, 15*time.Second); code != 0 {
+	lead.Signal(t, syscall.SIGTERM)
+	if code := lead.Wait(t, 15*time.Second); code != 0 {
 		t.Fatalf("leader exited %d after SIGTERM, want 0", code)
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -238,8 +238,8 @@ func waitFiredMatches(t *testing.T, h *history, s *sidecar, above int) int {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		fired := int(scrapeMetrics(t, s).value(t, "leadercron_slots_total", tickFired))
-		evs, _ := h.snapshot() // after the scrape: includes every counted trigger
-		app := countTicks(evs, s.id)
+		evs, _ := h.Snapshot() // after the scrape: includes every counted trigger
+		app := countTicks(evs, s.ID)
 		if fired > app {
 			t.Fatalf("slots_total{tick,fired} %d is ahead of the %d tick triggers the app received", fired, app)
 		}
@@ -260,10 +260,10 @@ func TestMetricsStandalone(t *testing.T) {
 	app := startApp(t, "app", h, nil, "", 0)
 	s := startSidecar(t, "solo", map[string]string{
 		"LEADERCRON_LOCK":     "none",
-		"LEADERCRON_APP_URL":  app.srv.URL,
+		"LEADERCRON_APP_URL":  app.URL,
 		"LEADERCRON_JOB_TICK": "* * * * * *",
 	})
-	h.waitFor(t, 10*time.Second, "a tick trigger", func(evs []event) bool { return countTicks(evs, "") >= 1 })
+	h.WaitFor(t, 10*time.Second, "a tick trigger", func(evs []event) bool { return countTicks(evs, "") >= 1 })
 	sc := scrapeMetrics(t, s)
 	if v := sc.value(t, "leadercron_is_leader", nil); v != 1 {
 		t.Errorf("standalone is_leader %v, want 1", v)
@@ -275,8 +275,8 @@ func TestMetricsStandalone(t *testing.T) {
 		t.Errorf("standalone fencing_token %v, want > 0", v)
 	}
 	waitFiredMatches(t, h, s, 0)
-	s.signal(t, syscall.SIGTERM)
-	if code := s.wait(t, 10*time.Second); code != 0 {
+	s.Signal(t, syscall.SIGTERM)
+	if code := s.Wait(t, 10*time.Second); code != 0 {
 		t.Fatalf("exit code %d after SIGTERM, want 0", code)
 	}
 }

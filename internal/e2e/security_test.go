@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/leadercron/leadercron/internal/consultest"
+	"github.com/leadercron/leadercron/internal/testkit"
 )
 
 // TestHandoverRefusedFromOutside runs the built sidecar (standalone, so no
@@ -19,21 +19,21 @@ import (
 // the same request from loopback hands over.
 func TestHandoverRefusedFromOutside(t *testing.T) {
 	outside := outsideIP(t)
-	ports, err := consultest.FreePorts(1)
+	ports, err := testkit.FreePorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	port := strconv.Itoa(ports[0])
 	h := newHistory()
-	app := startJobApp(t, "app-a", h)
+	app := testkit.StartApp(t, "app-a", h)
 	s := startSidecar(t, "a", map[string]string{
 		"LEADERCRON_LOCK":     "none",
-		"LEADERCRON_APP_URL":  app.srv.URL,
+		"LEADERCRON_APP_URL":  app.URL,
 		"LEADERCRON_LISTEN":   "0.0.0.0:" + port,
 		"LEADERCRON_JOB_TICK": "* * * * * *",
 	})
-	s.listen = "127.0.0.1:" + port // statusOf and postHandover go through loopback
-	h.waitFor(t, 20*time.Second, "a trigger", func(evs []event) bool { return len(filter(evs, "trigger")) >= 1 })
+	s.Listen = "127.0.0.1:" + port // statusOf and postHandover go through loopback
+	h.WaitFor(t, 20*time.Second, "a trigger", func(evs []event) bool { return len(filter(evs, "trigger")) >= 1 })
 
 	// A client whose connections come from the host's outside address.
 	fromOutside := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{
@@ -56,7 +56,7 @@ func TestHandoverRefusedFromOutside(t *testing.T) {
 		t.Errorf("after a refused handover: %v; want still leading, not handed over", st)
 	}
 	since := time.Now()
-	h.waitFor(t, 10*time.Second, "triggers after the refused handover", func(evs []event) bool {
+	h.WaitFor(t, 10*time.Second, "triggers after the refused handover", func(evs []event) bool {
 		for _, e := range filter(evs, "trigger") {
 			if e.At.After(since) {
 				return true

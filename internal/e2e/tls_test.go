@@ -13,11 +13,12 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/leadercron/leadercron/internal/consultest"
+	"github.com/leadercron/leadercron/internal/testkit"
 )
 
 // tlsEnv is consulEnv with the sidecar talking to the agent's HTTPS API
 // and trusting the agent's CA.
-func tlsEnv(agent *consultest.TLSAgent, app *recordingApp) map[string]string {
+func tlsEnv(agent *consultest.TLSAgent, app *testkit.App) map[string]string {
 	env := consulEnv(agent.Agent, app)
 	env["CONSUL_HTTP_ADDR"] = agent.HTTPSURL()
 	env["CONSUL_CACERT"] = agent.CA.File
@@ -35,29 +36,16 @@ func TestTLSElectClaimHandover(t *testing.T) {
 	agent := consultest.StartTLS(t)
 	c := agent.TLSClient(t)
 	h := newHistory()
-	watchLock(t, c, lockKey, h)
+	testkit.StartLockWatch(t, h, lockKey, c)
 	sidecars := map[string]*sidecar{}
 	for _, id := range []string{"a", "b"} {
 		app := startApp(t, "app-"+id, h, c, lockKey, 1)
 		sidecars[id] = startSidecar(t, id, tlsEnv(agent, app))
 	}
 
-	evs := h.waitFor(t, 20*time.Second, "3 triggers", func(evs []event) bool { return len(filter(evs, "trigger")) >= 3 })
-	by := triggersBy(evs)
-	if len(by) != 1 {
-		t.Fatalf("triggers came from %d sidecars, want exactly 1: %v", len(by), by)
-	}
-	var leaderID string
-	for id := range by {
-		leaderID = id
-	}
+	evs := h.WaitFor(t, 20*time.Second, "3 triggers", func(evs []event) bool { return len(filter(evs, "trigger")) >= 3 })
+	leaderID, standby := soleLeader(t, evs, sidecars)
 	old := sidecars[leaderID]
-	var standby *sidecar
-	for id, s := range sidecars {
-		if id != leaderID {
-			standby = s
-		}
-	}
 
 	// The claims are in KV (read over HTTPS too).
 	if pair, _, err := c.KV().Get("leadercron/e2e/jobs/tick/last", &api.QueryOptions{RequireConsistent: true}); err != nil || pair == nil {
@@ -75,15 +63,7 @@ func TestTLSElectClaimHandover(t *testing.T) {
 		t.Errorf("leadercron status over TLS: %v; want exit 0 naming leader %q:\n%s", err, leaderID, out.String())
 	}
 
-	term := time.Now()
-	old.signal(t, syscall.SIGTERM)
-	if code := old.wait(t, 15*time.Second); code != 0 {
-		t.Fatalf("leader exited %d after SIGTERM, want 0", code)
-	}
-	evs = h.waitFor(t, 10*time.Second, "a trigger from the new leader", func(evs []event) bool {
-		return triggersBy(evs)[standby.id] > 0
-	})
-	checkNoDuplicateSlots(t, evs)
+	term, evs := sigtermHandover(t, h, old, standby)
 
 	drains := filter(evs, "drain")
 	if len(drains) < 2 {
@@ -98,20 +78,10 @@ func TestTLSElectClaimHandover(t *testing.T) {
 	if !released {
 		t.Errorf("no release of the lock seen after SIGTERM:\n%s", dump(evs))
 	}
-	var oldMax, newMin uint64
-	for _, e := range filter(evs, "trigger") {
-		if e.Sidecar == leaderID {
-			oldMax = max(oldMax, e.Token)
-		} else if newMin == 0 || e.Token < newMin {
-			newMin = e.Token
-		}
-	}
-	if newMin <= oldMax {
-		t.Errorf("new leader's token %d is not above the old leader's %d", newMin, oldMax)
-	}
+	checkTokensGrow(t, evs, leaderID)
 	for _, s := range sidecars {
-		if out := s.output(); strings.Contains(out, "x509") || strings.Contains(out, "consul not reachable") {
-			t.Errorf("sidecar %s logged a TLS or reachability problem:\n%s", s.id, out)
+		if out := s.Output(); strings.Contains(out, "x509") || strings.Contains(out, "consul not reachable") {
+			t.Errorf("sidecar %s logged a TLS or reachability problem:\n%s", s.ID, out)
 		}
 	}
 }
@@ -149,8 +119,8 @@ func TestTLSMisconfiguredExits2(t *testing.T) {
 			}
 			start := time.Now()
 			s := startSidecar(t, "bad", env)
-			code := s.wait(t, 10*time.Second)
-			out := s.output()
+			code := s.Wait(t, 10*time.Second)
+			out := s.Output()
 			if code != 2 {
 				t.Fatalf("exit %d after %s, want 2:\n%s", code, time.Since(start), out)
 			}
@@ -165,7 +135,7 @@ func TestTLSMisconfiguredExits2(t *testing.T) {
 			}
 		})
 	}
-	if evs, _ := h.snapshot(); len(evs) != 0 {
+	if evs, _ := h.Snapshot(); len(evs) != 0 {
 		t.Errorf("a misconfigured sidecar reached its app:\n%s", dump(evs))
 	}
 }
@@ -175,7 +145,7 @@ func TestTLSMisconfiguredExits2(t *testing.T) {
 // takes the lead once the agent is up on the address it was given.
 func TestTLSConsulStartsAfterSidecar(t *testing.T) {
 	ca := consultest.NewCA(t, "late CA")
-	ports, err := consultest.FreePorts(1)
+	ports, err := testkit.FreePorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,15 +158,15 @@ func TestTLSConsulStartsAfterSidecar(t *testing.T) {
 	s := startSidecar(t, "early", env)
 	waitForOutput(t, s, 10*time.Second, "consul not reachable at start", "https://"+addr, "leadercron started")
 	select {
-	case <-s.exited:
-		t.Fatalf("the sidecar exited %d while Consul was down, want it to keep retrying:\n%s", s.code, s.output())
+	case <-s.Exited():
+		t.Fatalf("the sidecar exited %d while Consul was down, want it to keep retrying:\n%s", s.ExitCode(), s.Output())
 	default:
 	}
 
 	consultest.StartTLSWith(t, ca, ports[0])
-	h.waitFor(t, 30*time.Second, "a trigger once Consul is up", func(evs []event) bool { return len(filter(evs, "trigger")) > 0 })
-	s.signal(t, syscall.SIGTERM)
-	if code := s.wait(t, 15*time.Second); code != 0 {
+	h.WaitFor(t, 30*time.Second, "a trigger once Consul is up", func(evs []event) bool { return len(filter(evs, "trigger")) > 0 })
+	s.Signal(t, syscall.SIGTERM)
+	if code := s.Wait(t, 15*time.Second); code != 0 {
 		t.Fatalf("exit %d after SIGTERM, want 0", code)
 	}
 }
@@ -273,16 +243,16 @@ func TestConsulACLSessionScope(t *testing.T) {
 		token := agent.TokenWithRules(t, "per-node", narrowed)
 
 		h := newHistory()
-		watchLock(t, mgmt, aclLockKey, h)
+		testkit.StartLockWatch(t, h, aclLockKey, mgmt)
 		app := startApp(t, "app-a", h, mgmt, aclLockKey, 1)
 		s := startSidecar(t, "a", aclEnv(agent, app, token))
-		evs := h.waitFor(t, 20*time.Second, "3 triggers", func(evs []event) bool { return len(filter(evs, "trigger")) >= 3 })
-		s.signal(t, syscall.SIGTERM)
-		if code := s.wait(t, 15*time.Second); code != 0 {
+		evs := h.WaitFor(t, 20*time.Second, "3 triggers", func(evs []event) bool { return len(filter(evs, "trigger")) >= 3 })
+		s.Signal(t, syscall.SIGTERM)
+		if code := s.Wait(t, 15*time.Second); code != 0 {
 			t.Fatalf("sidecar exited %d after SIGTERM, want 0", code)
 		}
 		checkNoDuplicateSlots(t, evs)
-		if out := s.output(); strings.Contains(out, "Permission denied") {
+		if out := s.Output(); strings.Contains(out, "Permission denied") {
 			t.Errorf("sidecar with the per-node rule was denied something:\n%s", out)
 		}
 		sessions, _, err := mgmt.Session().List(nil)

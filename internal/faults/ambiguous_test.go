@@ -51,7 +51,7 @@ func TestConsulAmbiguousClaims(t *testing.T) {
 	loop(func(int) {
 		for _, loss := range []consultest.Loss{consultest.ResetAnswer, consultest.Answer500} {
 			d := between(r, 7*time.Second, 8*time.Second)
-			at := f.h.fault(fmt.Sprintf("every 3rd claim applied, its answer lost (%s), for %s", loss, d.Round(time.Millisecond)))
+			at := f.h.Fault(fmt.Sprintf("every 3rd claim applied, its answer lost (%s), for %s", loss, d.Round(time.Millisecond)))
 			for i, p := range f.faults {
 				p.LoseAnswers(consultest.Rule{Match: consultest.Ops(consultest.OpClaim), Every: 3, Loss: loss,
 					OnApplied: ambMarkClaim(f.h, f.procs[i].id, loss)})
@@ -60,7 +60,7 @@ func TestConsulAmbiguousClaims(t *testing.T) {
 			for _, p := range f.faults {
 				p.LoseAnswers()
 			}
-			end := f.h.fault("claim answers delivered again")
+			end := f.h.Fault("claim answers delivered again")
 			excused = append(excused, window{from: at, to: end.Add(time.Second), why: "claim answers lost",
 				reasons: []string{reasonUnknown}, mustRecord: true})
 		}
@@ -73,7 +73,7 @@ func TestConsulAmbiguousClaims(t *testing.T) {
 	if applied == 0 {
 		t.Fatal("no claim was applied with its answer lost: the fault did nothing")
 	}
-	evs, _ := f.h.snapshot()
+	evs, _ := f.h.Snapshot()
 	fired, recorded, lost := 0, 0, []string{}
 	for _, e := range evs {
 		if e.Kind != "ambiguous" {
@@ -121,12 +121,12 @@ func TestConsulAmbiguousLock(t *testing.T) {
 		// Renews: every second answer lost (reset, then 500), then every
 		// second one held 700 ms after Consul applied it: past TTL/3, a
 		// renew timeout that gives up on an answer that is only late.
-		at := f.h.fault("every 2nd renew applied, its answer lost")
+		at := f.h.Fault("every 2nd renew applied, its answer lost")
 		for _, loss := range []consultest.Loss{consultest.ResetAnswer, consultest.Answer500, consultest.LateAnswer} {
 			rule := consultest.Rule{Match: consultest.Ops(consultest.OpRenew), Every: 2, Loss: loss}
 			if loss == consultest.LateAnswer {
 				rule.Hold = 700 * time.Millisecond
-				f.h.fault("every 2nd renew applied, its answer held 700ms")
+				f.h.Fault("every 2nd renew applied, its answer held 700ms")
 			}
 			for _, p := range f.faults {
 				p.LoseAnswers(rule)
@@ -136,14 +136,14 @@ func TestConsulAmbiguousLock(t *testing.T) {
 		for _, p := range f.faults {
 			p.LoseAnswers()
 		}
-		end := f.h.fault("renew answers delivered again")
+		end := f.h.Fault("renew answers delivered again")
 		// A renew answered 700 ms late leaves less than the margin of
 		// lease for a moment before it lands (the lease counts from the
 		// send of the last renew answered): a slot then is missed,
 		// recorded.
 		excused = append(excused, window{from: at, to: end.Add(time.Second), why: "renew answers lost or late",
 			reasons: []string{reasonLease}, mustRecord: true})
-		evs, _ := f.h.snapshot()
+		evs, _ := f.h.Snapshot()
 		if s, free := ambLockSessions(evs, at, end); len(s) != 1 || free {
 			t.Errorf("lost renew answers cost the leadership: the lock had %d sessions (free at times: %v) from %s to %s",
 				len(s), free, at.Format("15:04:05.000"), end.Format("15:04:05.000"))
@@ -161,7 +161,7 @@ func TestConsulAmbiguousLock(t *testing.T) {
 				)
 			}
 			sleep(between(r, 0, time.Second))
-			at := f.h.fault(fmt.Sprintf("SIGTERM %s; release and acquire answers lost (%s)", id, loss))
+			at := f.h.Fault(fmt.Sprintf("SIGTERM %s; release and acquire answers lost (%s)", id, loss))
 			if first.IsZero() {
 				first = at
 			}
@@ -169,7 +169,7 @@ func TestConsulAmbiguousLock(t *testing.T) {
 			if code := f.procs[l].wait(t, 15*time.Second); code != 0 {
 				t.Errorf("leader exited %d after SIGTERM, want 0", code)
 			}
-			evs := f.h.waitFor(t, 15*time.Second, "a trigger from the new leader", triggersSince(at, 1, id))
+			evs := f.h.WaitFor(t, 15*time.Second, "a trigger from the new leader", triggersSince(at, 1, id))
 			released, took := ambLockMoves(evs, at, id)
 			switch {
 			case released.IsZero() || took.IsZero():
@@ -235,7 +235,7 @@ func TestSlowAgent(t *testing.T) {
 	var excused []window
 	var note string
 	loop(func(int) {
-		at := f.h.fault(fmt.Sprintf("consul answers %s-%s late, for %s", lo, hi, slowFor))
+		at := f.h.Fault(fmt.Sprintf("consul answers %s-%s late, for %s", lo, hi, slowFor))
 		for _, p := range f.faults {
 			p.DelayBetween(lo, hi, r.Uint64())
 		}
@@ -243,10 +243,10 @@ func TestSlowAgent(t *testing.T) {
 		for _, p := range f.faults {
 			p.Delay(0)
 		}
-		end := f.h.fault("consul fast again")
+		end := f.h.Fault("consul fast again")
 		// Requests sent before the end are still held up to hi.
 		excused = append(excused, window{from: at, to: end.Add(hi + time.Second), why: "consul slow", reasons: reasons, mustRecord: true})
-		evs, _ := f.h.snapshot()
+		evs, _ := f.h.Snapshot()
 		sessions, free := ambLockSessions(evs, at, end)
 		if len(sessions) != 1 || free {
 			t.Errorf("leadership lost while Consul was slow: %d sessions held the lock in %s (free at times: %v)", len(sessions), slowFor, free)
@@ -254,7 +254,7 @@ func TestSlowAgent(t *testing.T) {
 		note = fmt.Sprintf("%d session(s) held the lock in %s of %s-%s latency", len(sessions), slowFor, lo, hi)
 	})
 	to := f.settle(time.Now(), 6, 30*time.Second)
-	evs, _ := f.h.snapshot()
+	evs, _ := f.h.Snapshot()
 	for _, w := range excused {
 		if bad := ambUnexplained(evs, jobs, ambLater(from, w.from), ambEarlier(to, w.to), w.reasons); len(bad) > 0 {
 			t.Errorf("slots missed while Consul was slow, not recorded with one of %v:\n  %s", w.reasons, strings.Join(bad, "\n  "))
@@ -282,19 +282,19 @@ func TestShortPause(t *testing.T) {
 		sleep(between(r, 0, time.Second))
 		id := f.procs[l].id
 		pause := between(r, ttl-ttl/5, 2*ttl)
-		at := f.h.fault(fmt.Sprintf("SIGSTOP %s for %s", id, pause.Round(time.Millisecond)))
+		at := f.h.Fault(fmt.Sprintf("SIGSTOP %s for %s", id, pause.Round(time.Millisecond)))
 		if first.IsZero() {
 			first = at
 		}
 		f.procs[l].signal(t, syscall.SIGSTOP)
 		sleep(pause)
-		evs, _ := f.h.snapshot()
+		evs, _ := f.h.Snapshot()
 		token := tokenOf(evs, id, at)
-		cont := f.h.fault("SIGCONT " + id)
+		cont := f.h.Fault("SIGCONT " + id)
 		f.procs[l].signal(t, syscall.SIGCONT)
-		f.h.waitFor(t, 15*time.Second, "triggers after the pause", triggersSince(cont, 3))
+		f.h.WaitFor(t, 15*time.Second, "triggers after the pause", triggersSince(cont, 3))
 		sleep(time.Second)
-		evs, _ = f.h.snapshot()
+		evs, _ = f.h.Snapshot()
 		for _, e := range evs {
 			if e.Kind == "trigger" && e.Sidecar == id && e.Token == token && e.At.After(cont) {
 				t.Errorf("%s fired %s@%s on its old lease (token %d) at %s, after SIGCONT: its lease ended in the pause",
@@ -362,7 +362,7 @@ func TestRunNowSameSecond(t *testing.T) {
 		}
 		sec := req.At.Truncate(time.Second)
 		reqs = append(reqs, issued{req.ID, sec})
-		f.h.fault("run-now tick " + req.ID + " written at " + req.At.Format("15:04:05.000"))
+		f.h.Fault("run-now tick " + req.ID + " written at " + req.At.Format("15:04:05.000"))
 		// A second one in the same second, with the command.
 		for time.Now().Before(sec.Add(900 * time.Millisecond)) {
 			before := time.Now()
@@ -370,7 +370,7 @@ func TestRunNowSameSecond(t *testing.T) {
 			after := time.Now()
 			if !run.created {
 				refused++
-				f.h.fault("run-now tick refused: " + run.id + " pending")
+				f.h.Fault("run-now tick refused: " + run.id + " pending")
 				ambWaitTaken(t, client, "tick", 3*time.Second)
 				continue
 			}
@@ -378,7 +378,7 @@ func TestRunNowSameSecond(t *testing.T) {
 			// tells the exact time (below).
 			at := after.Truncate(time.Second)
 			reqs = append(reqs, issued{run.id, at})
-			f.h.fault(fmt.Sprintf("run-now tick %s issued by the command in %s", run.id, (after.Sub(before)).Round(time.Millisecond)))
+			f.h.Fault(fmt.Sprintf("run-now tick %s issued by the command in %s", run.id, (after.Sub(before)).Round(time.Millisecond)))
 			if at.Equal(sec) {
 				doubles++
 			}
@@ -388,7 +388,7 @@ func TestRunNowSameSecond(t *testing.T) {
 		sleep(between(r, time.Second, 2*time.Second))
 	})
 	to := f.settle(time.Now(), 6, 30*time.Second)
-	evs, _ := f.h.snapshot()
+	evs, _ := f.h.Snapshot()
 	// The second each request was written in, as the leader logged it.
 	for _, l := range ambLogLines(f.procs) {
 		for i, q := range reqs {
@@ -490,7 +490,7 @@ func TestSigtermDuringTake(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("leader %s did not take the run-now request within 10s", id)
 		}
-		at := f.h.fault("SIGTERM " + id + " as its take of a run-now request is applied")
+		at := f.h.Fault("SIGTERM " + id + " as its take of a run-now request is applied")
 		if first.IsZero() {
 			first = at
 		}
@@ -503,11 +503,11 @@ func TestSigtermDuringTake(t *testing.T) {
 			t.Fatalf("run-now request not created: %s", res.run.out)
 		}
 		ids = append(ids, res.run.id)
-		f.h.fault("run-now tick " + res.run.id + " was the one taken")
+		f.h.Fault("run-now tick " + res.run.id + " was the one taken")
 		if code := f.procs[l].wait(t, 15*time.Second); code != 0 {
 			t.Errorf("leader exited %d after SIGTERM, want 0", code)
 		}
-		evs := f.h.waitFor(t, 10*time.Second, "a trigger from the new leader", triggersSince(at, 1, id))
+		evs := f.h.WaitFor(t, 10*time.Second, "a trigger from the new leader", triggersSince(at, 1, id))
 		released, _ := ambLockMoves(evs, at, id)
 		excused = append(excused, window{from: at, to: released.Add(time.Second), why: "graceful handover",
 			reasons: []string{reasonEnded, reasonNoLeader}, mustRecord: true})
@@ -518,7 +518,7 @@ func TestSigtermDuringTake(t *testing.T) {
 	})
 	to := f.settle(time.Now(), 6, 30*time.Second)
 	sleep(time.Second) // the fates of the last runs reach the logs
-	evs, _ := f.h.snapshot()
+	evs, _ := f.h.Snapshot()
 	lines := ambLogLines(all)
 	var bad []string
 	fates := map[string]int{}
@@ -581,7 +581,7 @@ func TestSigtermDuringAcquire(t *testing.T) {
 				}
 			}})
 		sleep(between(r, 0, time.Second))
-		at := f.h.fault("SIGTERM leader " + lid)
+		at := f.h.Fault("SIGTERM leader " + lid)
 		if first.IsZero() {
 			first = at
 		}
@@ -591,7 +591,7 @@ func TestSigtermDuringAcquire(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("standby %s did not acquire within 10s of the leader's SIGTERM", aid)
 		}
-		atA := f.h.fault("SIGTERM standby " + aid + " as its acquire is applied")
+		atA := f.h.Fault("SIGTERM standby " + aid + " as its acquire is applied")
 		f.procs[a].signal(t, syscall.SIGTERM)
 		if code := f.procs[l].wait(t, 15*time.Second); code != 0 {
 			t.Errorf("leader %s exited %d after SIGTERM, want 0", lid, code)
@@ -599,7 +599,7 @@ func TestSigtermDuringAcquire(t *testing.T) {
 		if code := f.procs[a].wait(t, 15*time.Second); code != 0 {
 			t.Errorf("standby %s exited %d after SIGTERM, want 0", aid, code)
 		}
-		evs := f.h.waitFor(t, 15*time.Second, "a trigger from "+bid, func(evs []event) bool {
+		evs := f.h.WaitFor(t, 15*time.Second, "a trigger from "+bid, func(evs []event) bool {
 			for _, e := range evs {
 				if e.Kind == "trigger" && e.Sidecar == bid && e.At.After(atA) {
 					return true
@@ -652,7 +652,7 @@ func ambMarkClaim(h *history, id string, loss consultest.Loss) func(consultest.R
 		if !ok {
 			return
 		}
-		h.add(event{Kind: "ambiguous", Sidecar: id, Job: job, Slot: slot, Note: "claim applied, answer lost (" + loss.String() + ")"})
+		h.Add(event{Kind: "ambiguous", Sidecar: id, Job: job, Slot: slot, Note: "claim applied, answer lost (" + loss.String() + ")"})
 	}
 }
 
@@ -891,7 +891,7 @@ func ambWaitTaken(t *testing.T, client *api.Client, job string, timeout time.Dur
 func ambLogLines(procs []*proc) []map[string]any {
 	var out []map[string]any
 	for _, p := range procs {
-		sc := bufio.NewScanner(strings.NewReader(p.output()))
+		sc := bufio.NewScanner(strings.NewReader(p.Output()))
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		for sc.Scan() {
 			var m map[string]any

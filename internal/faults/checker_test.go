@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/robfig/cron/v3"
+
+	"github.com/leadercron/leadercron/internal/testkit"
 )
 
 // startTolerance is how long before the lock watcher saw a sidecar take
@@ -240,7 +242,7 @@ func check(t *testing.T, name string, evs []event, c checkSpec) verdict {
 				seen[k] = e
 			}
 		}
-		if k := e.dedupKey(); k != "" {
+		if k := dedupKey(e); k != "" {
 			if f, ok := seenKey[k]; ok {
 				if !dup {
 					first, dup = f, true
@@ -251,14 +253,14 @@ func check(t *testing.T, name string, evs []event, c checkSpec) verdict {
 		}
 		if dup {
 			v.Dups++
-			violate("duplicate: %s (key %q) triggered by %s (token %d) at %s and by %s (token %d) at %s", e.what(), e.Key,
+			violate("duplicate: %s (key %q) triggered by %s (token %d) at %s and by %s (token %d) at %s", triggerName(e), e.Key,
 				first.Sidecar, first.Token, hmsms(first.At), e.Sidecar, e.Token, hmsms(e.At))
 		}
 	}
 	runNows := map[string]bool{}
 	for _, e := range triggers {
 		if e.RunNow != "" {
-			runNows[e.dedupKey()] = true
+			runNows[dedupKey(e)] = true
 		}
 	}
 	switch {
@@ -291,7 +293,7 @@ func check(t *testing.T, name string, evs []event, c checkSpec) verdict {
 		}
 		if !ok {
 			v.Stale++
-			violate("stale: %s from %s (token %d) arrived at %s, outside its holding of the lock", e.what(), e.Sidecar, e.Token, hmsms(e.At))
+			violate("stale: %s from %s (token %d) arrived at %s, outside its holding of the lock", triggerName(e), e.Sidecar, e.Token, hmsms(e.At))
 			continue
 		}
 		a, ok := acquiredBy[fmt.Sprintf("%s/%d", e.Sidecar, e.Token)]
@@ -300,7 +302,7 @@ func check(t *testing.T, name string, evs []event, c checkSpec) verdict {
 		}
 		if end, ok := ended[a.Session]; ok && e.At.After(end.Until.Add(ownLeaseTolerance)) {
 			v.Stale++
-			violate("stale (own lease): %s from %s (token %d) arrived at %s, %s after its lease ended (%s, %s)", e.what(), e.Sidecar, e.Token,
+			violate("stale (own lease): %s from %s (token %d) arrived at %s, %s after its lease ended (%s, %s)", triggerName(e), e.Sidecar, e.Token,
 				hmsms(e.At), e.At.Sub(end.Until).Round(time.Millisecond), hmsms(end.Until), end.Note)
 		}
 	}
@@ -309,7 +311,7 @@ func check(t *testing.T, name string, evs []event, c checkSpec) verdict {
 	var top uint64
 	for _, e := range triggers {
 		if e.Token < top {
-			violate("fencing: token %d from %s (%s) arrived at %s after token %d", e.Token, e.Sidecar, e.what(), hmsms(e.At), top)
+			violate("fencing: token %d from %s (%s) arrived at %s after token %d", e.Token, e.Sidecar, triggerName(e), hmsms(e.At), top)
 		}
 		top = max(top, e.Token)
 	}
@@ -367,15 +369,15 @@ func check(t *testing.T, name string, evs []event, c checkSpec) verdict {
 			if len(recs) > 0 {
 				explained := false
 				for _, r := range recs {
-					if why, ok := explains(s, r.label()); ok {
+					if why, ok := explains(s, recordLabel(r)); ok {
 						explained = true
-						if r.label() == labelFailed {
+						if recordLabel(r) == labelFailed {
 							v.Failed++
 						} else {
 							v.Missed++
 							v.MissedRecorded++
 						}
-						v.Recorded = append(v.Recorded, fmt.Sprintf("%s@%s by %s: %s (%s)", job, hms(s), r.Sidecar, r.label(), why))
+						v.Recorded = append(v.Recorded, fmt.Sprintf("%s@%s by %s: %s (%s)", job, hms(s), r.Sidecar, recordLabel(r), why))
 						break
 					}
 				}
@@ -386,7 +388,7 @@ func check(t *testing.T, name string, evs []event, c checkSpec) verdict {
 					explained = true
 					v.Missed++
 					v.MissedRecorded++
-					v.Recorded = append(v.Recorded, fmt.Sprintf("%s@%s by %s: %s (catch-up run in flight)", job, hms(s), r.Sidecar, r.label()))
+					v.Recorded = append(v.Recorded, fmt.Sprintf("%s@%s by %s: %s (catch-up run in flight)", job, hms(s), r.Sidecar, recordLabel(r)))
 				}
 				if !explained {
 					v.Missed++
@@ -462,7 +464,7 @@ func check(t *testing.T, name string, evs []event, c checkSpec) verdict {
 					}
 				}
 				for _, r := range records {
-					if r.Job == job && r.RunNow == "" && r.Sidecar != h.id && r.At.Before(acq) && r.mayBeClaimed() && r.Until.After(last) && !r.Until.After(acq) {
+					if r.Job == job && r.RunNow == "" && r.Sidecar != h.id && r.At.Before(acq) && mayBeClaimed(r) && r.Until.After(last) && !r.Until.After(acq) {
 						last = r.Until
 					}
 				}
@@ -536,7 +538,7 @@ func check(t *testing.T, name string, evs []event, c checkSpec) verdict {
 		}
 		if !found {
 			violate("no_answer not recorded: %s from %s (token %d) got no answer from the app at %s, and its sender did not record it as failed %s",
-				e.what(), e.Sidecar, e.Token, hmsms(e.At), reasonNoAnswer)
+				triggerName(e), e.Sidecar, e.Token, hmsms(e.At), reasonNoAnswer)
 		}
 	}
 
@@ -637,7 +639,7 @@ func triedToFire(records []event, id, job string, s time.Time, explains func(tim
 		if r.Sidecar != id || r.Reason == reasonNoLeader || r.Reason == reasonOverslept {
 			continue
 		}
-		if _, ok := explains(s, r.label()); ok {
+		if _, ok := explains(s, recordLabel(r)); ok {
 			return true
 		}
 	}
@@ -665,9 +667,9 @@ func recorded(records []event, job string, s time.Time) (event, bool) {
 	return event{}, false
 }
 
-// label is what a record is matched against a window's reasons by: its
+// recordLabel is what a record is matched against a window's reasons by: its
 // reason, or "failed" for a failed trigger.
-func (e event) label() string {
+func recordLabel(e event) string {
 	if e.Outcome == labelFailed {
 		return labelFailed
 	}
@@ -676,7 +678,7 @@ func (e event) label() string {
 
 // mayBeClaimed reports whether a record says its slots may have been
 // claimed in Consul without firing (so a new holder finds them taken).
-func (e event) mayBeClaimed() bool {
+func mayBeClaimed(e event) bool {
 	switch e.Reason {
 	case reasonUnknown, reasonClaim, reasonLease, reasonEnded:
 		return true
@@ -686,7 +688,7 @@ func (e event) mayBeClaimed() bool {
 
 // dedupKey is what two triggers must not share: the Idempotency-Key, or a
 // run-now's request id when no key was sent.
-func (e event) dedupKey() string {
+func dedupKey(e event) string {
 	if e.Key != "" {
 		return "key " + e.Key
 	}
@@ -696,8 +698,8 @@ func (e event) dedupKey() string {
 	return ""
 }
 
-// what names a trigger in a violation.
-func (e event) what() string {
+// triggerName names a trigger in a violation.
+func triggerName(e event) string {
 	if e.RunNow != "" {
 		return fmt.Sprintf("%s run-now %s (slot %s)", e.Job, e.RunNow, hms(e.Slot))
 	}
@@ -766,7 +768,7 @@ func kinds(vs []string) map[string]int {
 // measured, and must show the violations it exists to show).
 func finish(t *testing.T, h *history, c checkSpec, note string) verdict {
 	t.Helper()
-	evs, _ := h.snapshot()
+	evs, _ := h.Snapshot()
 	v := check(t, t.Name(), evs, c)
 	v.Name = strings.TrimPrefix(t.Name(), "Test")
 	v.Note = note
@@ -790,10 +792,10 @@ func finish(t *testing.T, h *history, c checkSpec, note string) verdict {
 	switch {
 	case c.naive:
 		if err := positiveControl(v); err != nil {
-			t.Errorf("%v\nhistory:\n%s", err, dump(evs))
+			t.Errorf("%v\nhistory:\n%s", err, testkit.Dump(evs))
 		}
 	case len(v.Violations) > 0:
-		t.Errorf("%d violations:\n  %s\nhistory:\n%s", len(v.Violations), strings.Join(v.Violations, "\n  "), dump(evs))
+		t.Errorf("%d violations:\n  %s\nhistory:\n%s", len(v.Violations), strings.Join(v.Violations, "\n  "), testkit.Dump(evs))
 	}
 	return v
 }

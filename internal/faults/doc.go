@@ -36,7 +36,13 @@
 // LEADERCRON_FAULT_SEED. The default is a short run sized for CI (about
 // four minutes on two cores); LEADERCRON_SOAK=<duration> (e.g. 1h, with a
 // matching go test -timeout) repeats each scenario's faults for its share
-// of that duration.
+// of that duration. go test -short skips every scenario (and the binary
+// build); only TestCheckerCatches runs.
+//
+// The history, the recording apps, the lock watcher and the sidecar
+// processes are internal/testkit's, shared with internal/e2e and
+// tools/bench; what is the suite's own here is the seeded set-up, the
+// parser of the sidecars' JSON logs, the scenarios and the checker.
 //
 // What it does not prove: anything about a Consul cluster rebuilt without
 // its data (fencing tokens then restart), real wall-clock steps of a host

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/leadercron/leadercron/internal/consultest"
+	"github.com/leadercron/leadercron/internal/testkit"
 )
 
 const (
@@ -37,7 +38,7 @@ type fleet struct {
 	t       *testing.T
 	h       *history
 	procs   []*proc
-	apps    []*recordingApp
+	apps    []*testkit.App
 	proxies []*consultest.Proxy
 	faults  []*consultest.FaultProxy
 	cl      *consultest.Cluster
@@ -51,12 +52,12 @@ type fleetOpts struct {
 	// addrs picks, for cluster fleets, the server each sidecar talks to.
 	addrs func(cl *consultest.Cluster, i int) string
 	// app configures every recording app before it serves.
-	app []appOption
+	app []testkit.AppOption
 }
 
 func newFleet(t *testing.T, o fleetOpts) *fleet {
 	t.Helper()
-	f := &fleet{t: t, h: newHistory()}
+	f := &fleet{t: t, h: testkit.NewHistory()}
 	var watch []string
 	var agent string
 	if o.route == cluster {
@@ -71,7 +72,7 @@ func newFleet(t *testing.T, o fleetOpts) *fleet {
 	watchLock(t, watch, lockKey, f.h)
 	for i := range 3 {
 		id := string(rune('a' + i))
-		app := startApp(t, "app-"+id, f.h, o.app...)
+		app := testkit.StartApp(t, "app-"+id, f.h, o.app...)
 		addr := agent
 		switch o.route {
 		case blackhole:
@@ -125,7 +126,7 @@ func envName(job string) string {
 // returns the index of the one that sent the latest.
 func (f *fleet) leader(n int, since time.Time, timeout time.Duration) int {
 	f.t.Helper()
-	evs := f.h.waitFor(f.t, timeout, strconv.Itoa(n)+" triggers", triggersSince(since, n))
+	evs := f.h.WaitFor(f.t, timeout, strconv.Itoa(n)+" triggers", triggersSince(since, n))
 	for i := len(evs) - 1; i >= 0; i-- {
 		if evs[i].Kind == "trigger" {
 			return int(evs[i].Sidecar[0] - 'a')
@@ -146,7 +147,7 @@ func (f *fleet) warm() (int, time.Time) {
 // to work), then returns the time up to which slots are expected.
 func (f *fleet) settle(since time.Time, n int, timeout time.Duration) time.Time {
 	f.t.Helper()
-	f.h.waitFor(f.t, timeout, "the fleet to trigger again", triggersSince(since, n))
+	f.h.WaitFor(f.t, timeout, "the fleet to trigger again", triggersSince(since, n))
 	return time.Now().Add(-slotLatency)
 }
 

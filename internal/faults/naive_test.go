@@ -10,7 +10,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/leadercron/leadercron/internal/consultest"
-	"github.com/leadercron/leadercron/internal/naive"
+	"github.com/leadercron/leadercron/internal/testkit"
+	"github.com/leadercron/leadercron/tools/naive"
 )
 
 // TestNaiveBaselinePartition runs the black-hole partition against the
@@ -22,15 +23,15 @@ func TestNaiveBaselinePartition(t *testing.T) {
 	t.Parallel()
 	r := rng(t.Name())
 	agent := consultest.Start(t)
-	h := newHistory()
+	h := testkit.NewHistory()
 	watchLock(t, []string{agent.Addr}, lockKey, h)
-	var logs syncBuffer
+	var logs testkit.Buffer
 	var proxies []*consultest.Proxy
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{}, 3)
 	for i := range 3 {
 		id := string(rune('a' + i))
-		app := startApp(t, "app-"+id, h)
+		app := testkit.StartApp(t, "app-"+id, h)
 		p := consultest.NewProxy(t, agent.Addr)
 		proxies = append(proxies, p)
 		o := naive.Options{
@@ -71,10 +72,10 @@ func TestNaiveBaselinePartition(t *testing.T) {
 	sleep(between(r, 0, time.Second))
 	id := string(rune('a' + l))
 	d := 12*time.Second + between(r, 0, 3*time.Second)
-	at := h.fault(fmt.Sprintf("black-hole %s from Consul for %s", id, d.Round(time.Millisecond)))
+	at := h.Fault(fmt.Sprintf("black-hole %s from Consul for %s", id, d.Round(time.Millisecond)))
 	proxies[l].Blackhole()
 	sleep(d)
-	h.fault("heal " + id)
+	h.Fault("heal " + id)
 	proxies[l].Heal()
 	to := f.settle(time.Now(), 10, 30*time.Second)
 	c := f.spec(from, to, at, window{from: at, to: at.Add(crashBound), why: "leader cut off"})

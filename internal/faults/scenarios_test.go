@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/leadercron/leadercron/internal/consultest"
+	"github.com/leadercron/leadercron/internal/testkit"
 )
 
 // scenarioCount is how many scenarios share the soak time: the Test*
@@ -39,14 +40,14 @@ func TestKillLeader(t *testing.T) {
 		l := f.leader(2, time.Now(), 30*time.Second)
 		sleep(between(r, 0, time.Second))
 		id := f.procs[l].id
-		at := f.h.fault("SIGKILL " + id)
+		at := f.h.Fault("SIGKILL " + id)
 		if first.IsZero() {
 			first = at
 		}
 		f.procs[l].signal(t, syscall.SIGKILL)
 		f.procs[l].wait(t, 5*time.Second)
 		excused = append(excused, window{from: at, to: at.Add(crashBound), why: "leader killed", reasons: reasonsCrash})
-		evs := f.h.waitFor(t, crashBound+5*time.Second, "a trigger from a standby", triggersSince(at, 1, id))
+		evs := f.h.WaitFor(t, crashBound+5*time.Second, "a trigger from a standby", triggersSince(at, 1, id))
 		took := lockTakeover(evs, at, id)
 		if took < lockDelay || took > crashBound {
 			t.Errorf("lock taken %s after the kill, want between the lock-delay %s and 2xTTL+lock-delay+1s = %s", took, lockDelay, crashBound)
@@ -64,7 +65,7 @@ func TestSigtermDrainsLongJob(t *testing.T) {
 	f := newFleet(t, fleetOpts{env: map[string]string{"LEADERCRON_JOB_LONG": "*/3 * * * * *"}})
 	const longFor = 2500 * time.Millisecond
 	for _, a := range f.apps {
-		a.set(func(a *recordingApp) { a.longJob, a.longFor = "long", longFor })
+		a.SetLongJob("long", longFor)
 	}
 	_, from := f.warm()
 	var first time.Time
@@ -73,7 +74,7 @@ func TestSigtermDrainsLongJob(t *testing.T) {
 	loop(func(int) {
 		// SIGTERM the leader just after its app started a long run.
 		since := time.Now()
-		evs := f.h.waitFor(t, 20*time.Second, "a long run", func(evs []event) bool {
+		evs := f.h.WaitFor(t, 20*time.Second, "a long run", func(evs []event) bool {
 			for _, e := range evs {
 				if e.Kind == "trigger" && e.Job == "long" && e.At.After(since) {
 					return true
@@ -89,7 +90,7 @@ func TestSigtermDrainsLongJob(t *testing.T) {
 		}
 		l := int(run.Sidecar[0] - 'a')
 		sleep(between(r, 50*time.Millisecond, 800*time.Millisecond))
-		at := f.h.fault("SIGTERM " + run.Sidecar)
+		at := f.h.Fault("SIGTERM " + run.Sidecar)
 		if first.IsZero() {
 			first = at
 		}
@@ -97,7 +98,7 @@ func TestSigtermDrainsLongJob(t *testing.T) {
 		if code := f.procs[l].wait(t, 15*time.Second); code != 0 {
 			t.Errorf("leader exited %d after SIGTERM, want 0", code)
 		}
-		evs = f.h.waitFor(t, 10*time.Second, "a trigger from the new leader", triggersSince(at, 1, run.Sidecar))
+		evs = f.h.WaitFor(t, 10*time.Second, "a trigger from the new leader", triggersSince(at, 1, run.Sidecar))
 		var done, released, next time.Time
 		for _, e := range evs {
 			switch {
@@ -147,21 +148,21 @@ func TestSigstopLeader(t *testing.T) {
 		sleep(between(r, 0, time.Second))
 		id := f.procs[l].id
 		pause := between(r, ttl+lockDelay+time.Second, ttl+lockDelay+3*time.Second)
-		at := f.h.fault(fmt.Sprintf("SIGSTOP %s for %s", id, pause.Round(time.Millisecond)))
+		at := f.h.Fault(fmt.Sprintf("SIGSTOP %s for %s", id, pause.Round(time.Millisecond)))
 		if first.IsZero() {
 			first = at
 		}
 		f.procs[l].signal(t, syscall.SIGSTOP)
 		sleep(pause)
-		evs, _ := f.h.snapshot()
+		evs, _ := f.h.Snapshot()
 		token := tokenOf(evs, id, at)
-		cont := f.h.fault("SIGCONT " + id)
+		cont := f.h.Fault("SIGCONT " + id)
 		f.procs[l].signal(t, syscall.SIGCONT)
 		excused = append(excused, window{from: at, to: at.Add(crashBound), why: "leader paused", reasons: reasonsPaused, mustRecord: true})
-		f.h.waitFor(t, 10*time.Second, "triggers after the pause", triggersSince(cont, 3))
+		f.h.WaitFor(t, 10*time.Second, "triggers after the pause", triggersSince(cont, 3))
 		// Once awake, the paused leader finds its lease gone and logs
 		// so; it may send nothing more under its token.
-		evs = f.h.waitFor(t, 10*time.Second, "the paused leader's lease end", func(evs []event) bool {
+		evs = f.h.WaitFor(t, 10*time.Second, "the paused leader's lease end", func(evs []event) bool {
 			for _, e := range evs {
 				if e.Kind == "lease-ended" && e.Sidecar == id && e.At.After(at) {
 					return true
@@ -193,19 +194,19 @@ func partition(t *testing.T, f *fleet, r interface{ Int64N(int64) int64 }, what 
 		sleep(time.Duration(r.Int64N(int64(time.Second))))
 		id := f.procs[l].id
 		d := 6*time.Second + time.Duration(r.Int64N(int64(3*time.Second)))
-		at := f.h.fault(fmt.Sprintf("%s %s from Consul for %s", what, id, d.Round(time.Millisecond)))
+		at := f.h.Fault(fmt.Sprintf("%s %s from Consul for %s", what, id, d.Round(time.Millisecond)))
 		if first.IsZero() {
 			first = at
 		}
 		cut(l)
 		sleep(d)
-		evs, _ := f.h.snapshot()
+		evs, _ := f.h.Snapshot()
 		token := tokenOf(evs, id, at)
 		stopped := lastTrigger(evs, id, token)
-		f.h.fault("heal " + id)
+		f.h.Fault("heal " + id)
 		heal(l)
 		excused = append(excused, window{from: at, to: at.Add(crashBound), why: "leader cut off", reasons: reasonsLeaseLoss})
-		evs = f.h.waitFor(t, 15*time.Second, "triggers after healing", triggersSince(time.Now(), 3))
+		evs = f.h.WaitFor(t, 15*time.Second, "triggers after healing", triggersSince(time.Now(), 3))
 		took := lockTakeover(evs, at, id)
 		lease := ttl - ttl/5
 		if stopped.Sub(at) > lease {
@@ -245,7 +246,7 @@ func TestConsulErrors(t *testing.T) {
 		r.Shuffle(len(statuses), func(i, j int) { statuses[i], statuses[j] = statuses[j], statuses[i] })
 		for _, st := range statuses {
 			d := between(r, 500*time.Millisecond, 4*time.Second)
-			at := f.h.fault(fmt.Sprintf("consul answers %d for %s", st, d.Round(time.Millisecond)))
+			at := f.h.Fault(fmt.Sprintf("consul answers %d for %s", st, d.Round(time.Millisecond)))
 			if first.IsZero() {
 				first = at
 			}
@@ -256,7 +257,7 @@ func TestConsulErrors(t *testing.T) {
 			for _, p := range f.faults {
 				p.Heal()
 			}
-			end := f.h.fault("consul healed")
+			end := f.h.Fault("consul healed")
 			excused = append(excused, window{from: at, to: end.Add(crashBound), why: fmt.Sprintf("consul answering %d", st), reasons: reasonsLeaseLoss})
 			sleep(between(r, time.Second, 3*time.Second))
 		}
@@ -294,19 +295,19 @@ func TestConsulLeaderKilled(t *testing.T) {
 	loop(func(int) {
 		sleep(between(r, 0, 2*time.Second))
 		l := f.cl.WaitLeader(30 * time.Second)
-		at := f.h.fault(fmt.Sprintf("kill consul leader %d", l))
+		at := f.h.Fault(fmt.Sprintf("kill consul leader %d", l))
 		if first.IsZero() {
 			first = at
 		}
 		f.cl.Kill(l)
 		nl := f.cl.WaitLeader(30*time.Second, l)
-		elected := f.h.fault(fmt.Sprintf("consul leader %d elected", nl))
+		elected := f.h.Fault(fmt.Sprintf("consul leader %d elected", nl))
 		sleep(between(r, 2*time.Second, 5*time.Second))
 		f.cl.Restart(l)
 		f.cl.WaitReady(60 * time.Second)
-		ready := f.h.fault(fmt.Sprintf("consul server %d back", l))
+		ready := f.h.Fault(fmt.Sprintf("consul server %d back", l))
 		excused = append(excused, window{from: at, to: elected.Add(crashBound), why: "consul election", reasons: reasonsLeaseLoss})
-		f.h.waitFor(t, 20*time.Second, "triggers after the election", triggersSince(ready, 3))
+		f.h.WaitFor(t, 20*time.Second, "triggers after the election", triggersSince(ready, 3))
 		note = fmt.Sprintf("consul election took %s", elected.Sub(at).Round(10*time.Millisecond))
 	})
 	to := f.settle(time.Now(), 10, 30*time.Second)
@@ -323,7 +324,7 @@ func TestConsulFullRestart(t *testing.T) {
 	var note string
 	loop(func(int) {
 		sleep(between(r, 0, 2*time.Second))
-		at := f.h.fault("kill all consul servers")
+		at := f.h.Fault("kill all consul servers")
 		if first.IsZero() {
 			first = at
 		}
@@ -336,9 +337,9 @@ func TestConsulFullRestart(t *testing.T) {
 			f.cl.Restart(i)
 		}
 		f.cl.WaitReady(60 * time.Second)
-		ready := f.h.fault("consul cluster back")
+		ready := f.h.Fault("consul cluster back")
 		excused = append(excused, window{from: at, to: ready.Add(crashBound), why: "consul down", reasons: reasonsLeaseLoss})
-		f.h.waitFor(t, 30*time.Second, "triggers after the restart", triggersSince(ready, 3))
+		f.h.WaitFor(t, 30*time.Second, "triggers after the restart", triggersSince(ready, 3))
 		note = fmt.Sprintf("consul down %s, back after %s", down.Round(10*time.Millisecond), ready.Sub(at).Round(10*time.Millisecond))
 	})
 	to := f.settle(time.Now(), 10, 30*time.Second)
@@ -353,11 +354,11 @@ func TestAppSlow(t *testing.T) {
 	var excused []window
 	loop(func(int) {
 		d := between(r, 500*time.Millisecond, 3*time.Second)
-		at := f.h.fault(fmt.Sprintf("app-%s takes %s per run", f.procs[l].id, d.Round(time.Millisecond)))
-		f.apps[l].set(func(a *recordingApp) { a.delay = d })
+		at := f.h.Fault(fmt.Sprintf("app-%s takes %s per run", f.procs[l].id, d.Round(time.Millisecond)))
+		f.apps[l].SetDelay(d)
 		sleep(6 * time.Second)
-		f.apps[l].set(func(a *recordingApp) { a.delay = 0 })
-		fast := f.h.fault("app fast again")
+		f.apps[l].SetDelay(0)
+		fast := f.h.Fault("app fast again")
 		// A run that started just before lasts d more: slots due until
 		// then may be skipped by the overlap policy, and must be
 		// recorded so.
@@ -369,7 +370,7 @@ func TestAppSlow(t *testing.T) {
 }
 
 // ambiguousWriteTimeout is the apps' WriteTimeout in TestAppAmbiguous: a
-// trigger the app answers after it (by lateBy) loses its answer. It is
+// trigger the app answers after it (by testkit.LateBy) loses its answer. It is
 // far above the time a prompt answer takes, and the late answer (500 ms)
 // stays below the tick job's period, so that the job's next slot does
 // not find the run still in flight (overlap).
@@ -393,34 +394,32 @@ const ambiguousWriteTimeout = 300 * time.Millisecond
 func TestAppAmbiguous(t *testing.T) {
 	t.Parallel()
 	r := rng(t.Name())
-	f := newFleet(t, fleetOpts{app: []appOption{withWriteTimeout(ambiguousWriteTimeout)}})
+	f := newFleet(t, fleetOpts{app: []testkit.AppOption{testkit.WithWriteTimeout(ambiguousWriteTimeout)}})
 	l, from := f.warm()
 	var excused []window
 	loop(func(int) {
 		d := between(r, 15*time.Second, 20*time.Second)
 		// The app's own random source, used under its lock.
 		gaps := rand.New(rand.NewPCG(r.Uint64(), r.Uint64()))
-		n, next, how := 0, 2+gaps.IntN(2), noAnswerReset
-		at := f.h.fault(fmt.Sprintf("app-%s leaves every second or third trigger unanswered for %s", f.procs[l].id, d.Round(time.Millisecond)))
-		f.apps[l].set(func(a *recordingApp) {
-			a.ambiguous = func() noAnswer {
-				n++
-				if n < next {
-					return noAnswerNone
-				}
-				next = n + 2 + gaps.IntN(2)
-				this := how
-				how = map[noAnswer]noAnswer{noAnswerReset: noAnswerLate, noAnswerLate: noAnswerReset}[how]
-				return this
+		n, next, how := 0, 2+gaps.IntN(2), testkit.NoAnswerReset
+		at := f.h.Fault(fmt.Sprintf("app-%s leaves every second or third trigger unanswered for %s", f.procs[l].id, d.Round(time.Millisecond)))
+		f.apps[l].SetNoAnswer(func() testkit.NoAnswer {
+			n++
+			if n < next {
+				return testkit.NoAnswerNone
 			}
+			next = n + 2 + gaps.IntN(2)
+			this := how
+			how = map[testkit.NoAnswer]testkit.NoAnswer{testkit.NoAnswerReset: testkit.NoAnswerLate, testkit.NoAnswerLate: testkit.NoAnswerReset}[how]
+			return this
 		})
 		sleep(d)
-		f.apps[l].set(func(a *recordingApp) { a.ambiguous = nil })
-		end := f.h.fault("app answers every trigger again")
+		f.apps[l].SetNoAnswer(nil)
+		end := f.h.Fault("app answers every trigger again")
 		// A late answer keeps its run in flight for 500 ms: on a loaded
 		// machine the job's next slot may find it still running, and be
 		// skipped (overlap), as for any slow app; it must be recorded.
-		excused = append(excused, window{from: at, to: end.Add(ambiguousWriteTimeout + lateBy), why: "app answers late",
+		excused = append(excused, window{from: at, to: end.Add(ambiguousWriteTimeout + testkit.LateBy), why: "app answers late",
 			reasons: []string{reasonOverlap}, mustRecord: true})
 		l = f.leader(1, time.Now(), 10*time.Second)
 	})
@@ -444,17 +443,17 @@ func TestAppAmbiguous(t *testing.T) {
 		}
 		return unanswered, recorded, kinds
 	}
-	f.h.await(10*time.Second, func(evs []event) bool {
+	f.h.Await(10*time.Second, func(evs []event) bool {
 		u, rec, _ := noAnswerRecorded(evs)
 		return rec == u
 	})
-	evs, _ := f.h.snapshot()
+	evs, _ := f.h.Snapshot()
 	u, rec, k := noAnswerRecorded(evs)
 	if u == 0 {
 		t.Error("the app left no trigger unanswered: the fault did nothing")
 	}
 	finish(t, f.h, f.spec(from, to, time.Time{}, excused...), fmt.Sprintf("%d triggers unanswered (%d reset, %d answered after the write timeout); %d recorded failed %s",
-		u, k[noAnswerReset.String()], k[noAnswerLate.String()], rec, reasonNoAnswer))
+		u, k[testkit.NoAnswerReset.String()], k[testkit.NoAnswerLate.String()], rec, reasonNoAnswer))
 }
 
 func TestAppErrors(t *testing.T) {
@@ -464,12 +463,12 @@ func TestAppErrors(t *testing.T) {
 	l, from := f.warm()
 	loop(func(int) {
 		for _, st := range []int{http.StatusInternalServerError, http.StatusServiceUnavailable, http.StatusBadGateway} {
-			f.h.fault(fmt.Sprintf("app-%s answers %d", f.procs[l].id, st))
-			f.apps[l].set(func(a *recordingApp) { a.status = st })
+			f.h.Fault(fmt.Sprintf("app-%s answers %d", f.procs[l].id, st))
+			f.apps[l].SetStatus(st)
 			sleep(between(r, time.Second, 3*time.Second))
 		}
-		f.apps[l].set(func(a *recordingApp) { a.status = 0 })
-		f.h.fault("app healthy again")
+		f.apps[l].SetStatus(0)
+		f.h.Fault("app healthy again")
 		l = f.leader(1, time.Now(), 10*time.Second)
 	})
 	to := f.settle(time.Now(), 10, 30*time.Second)
@@ -484,11 +483,11 @@ func TestAppRefused(t *testing.T) {
 	var excused []window
 	loop(func(int) {
 		d := between(r, 3*time.Second, 5*time.Second)
-		at := f.h.fault(fmt.Sprintf("app-%s down for %s", f.procs[l].id, d.Round(time.Millisecond)))
-		f.apps[l].down()
+		at := f.h.Fault(fmt.Sprintf("app-%s down for %s", f.procs[l].id, d.Round(time.Millisecond)))
+		f.apps[l].Down()
 		sleep(d)
-		f.apps[l].up(t)
-		up := f.h.fault("app up")
+		f.apps[l].Up(t)
+		up := f.h.Fault("app up")
 		excused = append(excused, window{from: at, to: up, why: "app down", reasons: []string{labelFailed}, mustRecord: true})
 		l = f.leader(2, up, 10*time.Second)
 	})
@@ -507,8 +506,8 @@ func TestDrainNeverFinishes(t *testing.T) {
 	loop(func(int) {
 		l := f.leader(2, time.Now(), 30*time.Second)
 		id := f.procs[l].id
-		f.apps[l].set(func(a *recordingApp) { a.stuck = true })
-		at := f.h.fault("SIGTERM " + id + " whose app never drains")
+		f.apps[l].SetStuck(true)
+		at := f.h.Fault("SIGTERM " + id + " whose app never drains")
 		if first.IsZero() {
 			first = at
 		}
@@ -516,17 +515,17 @@ func TestDrainNeverFinishes(t *testing.T) {
 		if code := f.procs[l].wait(t, drainTimeout+5*time.Second); code != 3 {
 			t.Errorf("leader exited %d after a drain timeout, want 3", code)
 		}
-		exited := f.h.fault(id + " exited")
+		exited := f.h.Fault(id + " exited")
 		bound := drainTimeout + crashBound
 		excused = append(excused, window{from: at, to: at.Add(bound), why: "drain timeout, lock left to expire",
 			reasons: []string{reasonNoLeader}, mustRecord: true})
-		evs := f.h.waitFor(t, bound+5*time.Second, "a trigger from a standby", triggersSince(at, 1, id))
+		evs := f.h.WaitFor(t, bound+5*time.Second, "a trigger from a standby", triggersSince(at, 1, id))
 		took := lockTakeover(evs, at, id)
 		if took < 0 || took < exited.Sub(at)+lockDelay || took > bound {
 			t.Errorf("lock taken %s after SIGTERM (exit after %s), want lock-delay after the exit and under %s", took, exited.Sub(at), bound)
 		}
 		note = fmt.Sprintf("exit 3 after %s; lock taken over %s after SIGTERM", exited.Sub(at).Round(10*time.Millisecond), took.Round(10*time.Millisecond))
-		f.apps[l].set(func(a *recordingApp) { a.stuck = false })
+		f.apps[l].SetStuck(false)
 		f.restart(l)
 	})
 	to := f.settle(time.Now(), 10, 30*time.Second)
@@ -561,7 +560,7 @@ func TestSigtermAtSlot(t *testing.T) {
 		id := f.procs[l].id
 		now := time.Now()
 		sleep(now.Truncate(time.Second).Add(time.Second).Sub(now) + between(r, latency/4, latency*3/4))
-		at := f.h.fault("SIGTERM " + id + " as a slot falls due")
+		at := f.h.Fault("SIGTERM " + id + " as a slot falls due")
 		if first.IsZero() {
 			first = at
 		}
@@ -569,7 +568,7 @@ func TestSigtermAtSlot(t *testing.T) {
 		if code := f.procs[l].wait(t, 15*time.Second); code != 0 {
 			t.Errorf("leader exited %d after SIGTERM, want 0", code)
 		}
-		evs := f.h.waitFor(t, 10*time.Second, "a trigger from the new leader", triggersSince(at, 1, id))
+		evs := f.h.WaitFor(t, 10*time.Second, "a trigger from the new leader", triggersSince(at, 1, id))
 		var released time.Time
 		for _, e := range evs {
 			if e.Kind == "lock" && e.At.After(at) && e.Session == "" {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/leadercron/leadercron/internal/kvlayout"
 	"github.com/leadercron/leadercron/internal/leader"
 	"github.com/leadercron/leadercron/internal/scheduler"
+	"github.com/leadercron/leadercron/internal/testkit"
 )
 
 // skewedClock is the real clock shifted by a fixed offset: a host whose
@@ -33,7 +33,7 @@ type recorderApp struct {
 }
 
 func (a recorderApp) Trigger(_ context.Context, r scheduler.Run) scheduler.Result {
-	a.h.add(event{Kind: "trigger", App: "app-" + a.id, Sidecar: a.id, Job: r.Job, Slot: r.Slot.UTC(), Token: r.FencingToken, Status: 204})
+	a.h.Add(event{Kind: "trigger", App: "app-" + a.id, Sidecar: a.id, Job: r.Job, Slot: r.Slot.UTC(), Token: r.FencingToken, Status: 204})
 	return scheduler.Result{Outcome: "fired", Status: 204}
 }
 
@@ -57,7 +57,7 @@ func (r historyRecorder) Record(job string, lr scheduler.LastRun) {
 			until = r.clock.Now()
 		}
 	}
-	r.h.add(event{Kind: "record", Sidecar: r.id, Job: job, Slot: lr.Slot.UTC(), Until: until.UTC(), Note: string(lr.Outcome) + " " + string(lr.Reason)})
+	r.h.Add(event{Kind: "record", Sidecar: r.id, Job: job, Slot: lr.Slot.UTC(), Until: until.UTC(), Note: string(lr.Outcome) + " " + string(lr.Reason)})
 }
 
 // instance is one in-process sidecar: an elector and a scheduler with a
@@ -107,11 +107,11 @@ func TestClockSkew(t *testing.T) {
 	t.Parallel()
 	r := rng(t.Name())
 	agent := consultest.Start(t)
-	h := newHistory()
+	h := testkit.NewHistory()
 	watchLock(t, []string{agent.Addr}, lockKey, h)
 
 	skews := []time.Duration{0, between(r, time.Minute, 3*time.Minute), -between(r, time.Minute, 3*time.Minute)}
-	var logs syncBuffer
+	var logs testkit.Buffer
 	var ins []*instance
 	for i, skew := range skews {
 		id := string(rune('a' + i))
@@ -152,7 +152,7 @@ func TestClockSkew(t *testing.T) {
 	// stop the leader; the standby takes the released lock at once.
 	cur := r.IntN(3)
 	ins[cur].start()
-	h.waitFor(t, 20*time.Second, "a first trigger", triggersSince(time.Time{}, 1))
+	h.WaitFor(t, 20*time.Second, "a first trigger", triggersSince(time.Time{}, 1))
 	order := []string{fmt.Sprintf("%s(%+v)", ins[cur].id, ins[cur].skew.Round(time.Second))}
 	var handedOver time.Time
 	handovers := 6
@@ -163,7 +163,7 @@ func TestClockSkew(t *testing.T) {
 		sleep(between(r, 2*time.Second, 4*time.Second))
 		next := (cur + 1 + r.IntN(2)) % 3
 		ins[next].start()
-		handedOver = h.fault(fmt.Sprintf("handover %s (skew %s) -> %s (skew %s)", ins[cur].id, ins[cur].skew.Round(time.Second), ins[next].id, ins[next].skew.Round(time.Second)))
+		handedOver = h.Fault(fmt.Sprintf("handover %s (skew %s) -> %s (skew %s)", ins[cur].id, ins[cur].skew.Round(time.Second), ins[next].id, ins[next].skew.Round(time.Second)))
 		ins[cur].stop(t)
 		cur = next
 		order = append(order, fmt.Sprintf("%s(%+v)", ins[cur].id, ins[cur].skew.Round(time.Second)))
@@ -172,7 +172,7 @@ func TestClockSkew(t *testing.T) {
 	// before it. It takes the lock at once (released to it); the jobs
 	// fire every second, so skewLive triggers take about two seconds.
 	lastLeader := ins[cur].id
-	live := h.await(skewLiveWithin, func(evs []event) bool {
+	live := h.Await(skewLiveWithin, func(evs []event) bool {
 		n := 0
 		for _, e := range evs {
 			if e.Kind == "trigger" && e.Sidecar == lastLeader && e.At.After(handedOver) {
@@ -183,7 +183,7 @@ func TestClockSkew(t *testing.T) {
 	})
 	ins[cur].stop(t)
 
-	evs, _ := h.snapshot()
+	evs, _ := h.Snapshot()
 	v := check(t, t.Name(), evs, checkSpec{})
 	if !live {
 		n := 0
@@ -237,7 +237,7 @@ func TestClockSkew(t *testing.T) {
 	t.Log(header())
 	t.Log(v.line())
 	if len(v.Violations) > 0 {
-		t.Errorf("%d violations:\n  %s\nhistory:\n%s", len(v.Violations), strings.Join(v.Violations, "\n  "), dump(evs))
+		t.Errorf("%d violations:\n  %s\nhistory:\n%s", len(v.Violations), strings.Join(v.Violations, "\n  "), testkit.Dump(evs))
 	}
 }
 
@@ -263,27 +263,7 @@ func (l *leaseLog) Write(p []byte) (int, error) {
 	// hclog writes one line per call.
 	if e, ok := parseLine(bytes.TrimSpace(p)); ok && (e.Kind == "acquired" || e.Kind == "lease-ended") {
 		e.Sidecar = l.id
-		l.h.add(e)
+		l.h.Add(e)
 	}
 	return l.w.Write(p)
-}
-
-// syncBuffer is an io.Writer safe for concurrent loggers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-var _ io.Writer = (*syncBuffer)(nil)
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -23,7 +23,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/leadercron/leadercron/internal/naive"
+	"github.com/leadercron/leadercron/tools/naive"
 )
 
 // jobFlags collects repeated -job name=spec flags.

@@ -3,7 +3,9 @@
 // one Markdown table: slot delay, graceful handover, crash failover,
 // footprint, Consul load and scale.
 //
-//	go run ./internal/bench [-quick] [-runs N]
+//	go run ./tools/bench [-quick] [-runs N]
+//
+// It is a tool under tools/, not part of the leadercron binary.
 //
 // It builds both binaries with release flags, starts a real Consul dev
 // agent on loopback ($CONSUL_BIN, else scripts/consul.sh), and runs each
@@ -35,6 +37,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/leadercron/leadercron/internal/consultest"
 )
 
 // settings are one mode's sizes and durations.
@@ -109,12 +113,19 @@ func bench(ctx context.Context, s settings, quick, verbose bool, out io.Writer) 
 	if err != nil {
 		return err
 	}
-	a, err := startAgent(bin)
+	// Every sidecar of the bench reaches the agent from 127.0.0.1, which a
+	// real fleet does not: lift the per-client-IP connection cap (200 by
+	// default) so that 21 sidecars' connections are not refused with 429.
+	a, err := consultest.StartAgent(consultest.Options{Bin: bin, Args: []string{"-hcl", `limits { http_max_conns_per_client = 10000 }`}})
 	if err != nil {
 		return err
 	}
-	defer a.stop()
-	e := &env{agent: a, lcBin: lc, nvBin: nv, ttl: s.ttl, delay: s.delay, verbose: verbose,
+	defer a.Stop()
+	c, err := consultest.NewClient(a.Addr)
+	if err != nil {
+		return fmt.Errorf("consul client: %w", err)
+	}
+	e := &env{agent: a, consul: c, lcBin: lc, nvBin: nv, ttl: s.ttl, delay: s.delay, verbose: verbose,
 		tr: &http.Transport{MaxIdleConns: 500, MaxIdleConnsPerHost: 500, IdleConnTimeout: 90 * time.Second}}
 	defer e.tr.CloseIdleConnections()
 

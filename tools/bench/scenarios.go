@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/leadercron/leadercron/internal/consultest"
+	"github.com/leadercron/leadercron/internal/testkit"
 )
 
 const (
@@ -29,7 +30,8 @@ type figures map[string]float64
 
 // env is what every scenario shares: the agent, the binaries, settings.
 type env struct {
-	agent        *agent
+	agent        *consultest.Agent
+	consul       *api.Client // straight to the agent, for the lock watchers
 	lcBin, nvBin string
 	tr           *http.Transport
 	ttl, delay   time.Duration
@@ -45,17 +47,17 @@ type fleet struct {
 	e       *env
 	impl    string
 	prefix  string
-	rec     *recorder
-	w       *watcher
+	rec     *testkit.History // the triggers the apps received
+	locks   *testkit.History // the lock key's holders
 	stopW   context.CancelFunc
 	members []*member
 }
 
 type member struct {
 	name string
-	p    *proc
+	p    *testkit.Process
 	px   *proxy
-	app  *app
+	app  *testkit.App
 }
 
 func (e *env) newFleet(impl, scenario string) *fleet {
@@ -63,19 +65,22 @@ func (e *env) newFleet(impl, scenario string) *fleet {
 	e.seq++
 	prefix := fmt.Sprintf("bench/%s-%s-%d", scenario, impl, e.seq)
 	e.mu.Unlock()
+	f := &fleet{e: e, impl: impl, prefix: prefix, rec: testkit.NewHistory(), locks: testkit.NewHistory()}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &fleet{e: e, impl: impl, prefix: prefix, rec: newRecorder(), w: watch(ctx, e.agent.client(), prefix+"/leader"), stopW: cancel}
+	done := testkit.WatchLock(ctx, f.locks, prefix+"/leader", e.consul)
+	f.stopW = func() { cancel(); <-done }
+	return f
 }
 
 // add starts one sidecar (with its app and proxy) running jobs.
 func (f *fleet) add(name string, jobs map[string]string) (*member, error) {
-	a, err := startApp(name, f.rec)
+	a, err := testkit.NewApp(name, f.rec, testkit.StampArrival())
 	if err != nil {
 		return nil, err
 	}
-	px, err := startProxy(f.e.agent.addr, f.e.tr)
+	px, err := startProxy(f.e.agent.Addr, f.e.tr)
 	if err != nil {
-		a.close()
+		a.Down()
 		return nil, err
 	}
 	m := &member{name: name, px: px, app: a}
@@ -83,27 +88,27 @@ func (f *fleet) add(name string, jobs map[string]string) (*member, error) {
 	id := f.impl + "-" + name
 	if f.impl == implLC {
 		var ports []int
-		ports, err = consultest.FreePorts(1)
+		ports, err = testkit.FreePorts(1)
 		if err != nil {
 			m.close()
 			return nil, err
 		}
 		envv := append(base,
 			"LEADERCRON_SERVICE=bench", "LEADERCRON_KV_PREFIX="+f.prefix, "LEADERCRON_ID="+id,
-			"LEADERCRON_APP_URL="+a.url, fmt.Sprintf("LEADERCRON_LISTEN=127.0.0.1:%d", ports[0]),
+			"LEADERCRON_APP_URL="+a.URL, fmt.Sprintf("LEADERCRON_LISTEN=127.0.0.1:%d", ports[0]),
 			"LEADERCRON_SESSION_TTL="+f.e.ttl.String(), "LEADERCRON_LOCK_DELAY="+f.e.delay.String(),
 			"LEADERCRON_LOG_LEVEL=warn")
 		for job, spec := range jobs {
 			envv = append(envv, "LEADERCRON_JOB_"+strings.ToUpper(job)+"="+spec)
 		}
-		m.p, err = startProc(id, f.e.lcBin, nil, envv)
+		m.p, err = testkit.StartProcess(testkit.Command{Name: id, Path: f.e.lcBin, Env: envv, Keep: 64 << 10})
 	} else {
 		args := []string{"-key", f.prefix + "/leader", "-id", id, "-ttl", f.e.ttl.String(), "-lock-delay", f.e.delay.String(),
-			"-app-url", a.url, "-log-level", "warn"}
+			"-app-url", a.URL, "-log-level", "warn"}
 		for job, spec := range jobs {
 			args = append(args, "-job", job+"="+spec)
 		}
-		m.p, err = startProc(id, f.e.nvBin, args, base)
+		m.p, err = testkit.StartProcess(testkit.Command{Name: id, Path: f.e.nvBin, Args: args, Env: base, Keep: 64 << 10})
 	}
 	if err != nil {
 		m.close()
@@ -115,10 +120,10 @@ func (f *fleet) add(name string, jobs map[string]string) (*member, error) {
 
 func (m *member) close() {
 	if m.p != nil {
-		m.p.stop(10 * time.Second)
+		m.p.Stop(10 * time.Second)
 	}
 	m.px.close()
-	m.app.close()
+	m.app.Down()
 }
 
 // close stops every sidecar, gracefully, all at once.
@@ -132,8 +137,8 @@ func (f *fleet) close() {
 	f.stopW()
 	if f.e.verbose {
 		for _, m := range f.members {
-			if out := m.p.out.String(); out != "" {
-				fmt.Fprintf(os.Stderr, "--- %s output:\n%s\n", m.p.name, out)
+			if out := m.p.Output(); out != "" {
+				fmt.Fprintf(os.Stderr, "--- %s output:\n%s\n", m.p.Name, out)
 			}
 		}
 	}
@@ -143,22 +148,22 @@ func (f *fleet) close() {
 func (f *fleet) diag() string {
 	var b strings.Builder
 	for _, m := range f.members {
-		out := m.p.out.String()
+		out := m.p.Output()
 		if len(out) > 2000 {
 			out = out[len(out)-2000:]
 		}
-		fmt.Fprintf(&b, "\n--- %s (exit %d):\n%s", m.p.name, m.p.code, out)
+		fmt.Fprintf(&b, "\n--- %s (exit %d):\n%s", m.p.Name, m.p.ExitCode(), out)
 	}
 	return b.String()
 }
 
 // awaitHolder waits for the lock to be held by a session; returns it.
 func (f *fleet) awaitHolder(ctx context.Context) (string, error) {
-	c, _, err := f.w.await(ctx, "a lock holder", 0, func(c lockChange) bool { return c.session != "" })
+	c, _, err := awaitLock(ctx, f.locks, "a lock holder", 0, func(c lockChange) bool { return c.Session != "" })
 	if err != nil {
 		return "", fmt.Errorf("%s: %w%s", f.impl, err, f.diag())
 	}
-	return c.session, nil
+	return c.Session, nil
 }
 
 // awaitStandby waits until each member has a blocking query in flight.
@@ -168,7 +173,7 @@ func (f *fleet) awaitStandby(ctx context.Context, ms ...*member) error {
 			select {
 			case <-ctx.Done():
 				return fmt.Errorf("%s: standby %s never sent a blocking query%s", f.impl, m.name, f.diag())
-			case <-m.p.exited:
+			case <-m.p.Exited():
 				return fmt.Errorf("%s: standby %s exited%s", f.impl, m.name, f.diag())
 			case <-time.After(20 * time.Millisecond): // polling a counter of another process's requests
 			}
@@ -178,15 +183,18 @@ func (f *fleet) awaitStandby(ctx context.Context, ms ...*member) error {
 }
 
 func (f *fleet) awaitTrigger(ctx context.Context, from string, after time.Time) (trigger, error) {
-	ts, err := f.rec.await(ctx, "a trigger from "+from, func(ts []trigger) bool {
-		return slices.ContainsFunc(ts, func(t trigger) bool { return t.app == from && t.at.After(after) })
+	ts, err := awaitTriggers(ctx, f.rec, "a trigger from "+from, func(ts []trigger) bool {
+		return slices.ContainsFunc(ts, func(t trigger) bool { return t.App == from && t.At.After(after) })
 	})
 	if err != nil {
 		return trigger{}, fmt.Errorf("%s: %w%s", f.impl, err, f.diag())
 	}
-	i := slices.IndexFunc(ts, func(t trigger) bool { return t.app == from && t.at.After(after) })
+	i := slices.IndexFunc(ts, func(t trigger) bool { return t.App == from && t.At.After(after) })
 	return ts[i], nil
 }
+
+// tickJob is one job due every second.
+var tickJob = map[string]string{"tick": "* * * * * *"}
 
 func everySecond(n int) map[string]string {
 	jobs := map[string]string{}
@@ -215,19 +223,19 @@ func delays(ts []trigger, from, to time.Time, expected int, fig figures, prefix 
 	var ds []float64
 	dupes := 0
 	for _, t := range ts {
-		if t.slot.Before(from) || !t.slot.Before(to) {
+		if t.Slot.Before(from) || !t.Slot.Before(to) {
 			continue
 		}
-		k := t.job + "@" + t.slot.String()
+		k := t.Job + "@" + t.Slot.String()
 		if seen[k] {
 			dupes++
 			continue
 		}
 		seen[k] = true
-		d := float64(t.at.Sub(t.slot).Microseconds()) / 1000
+		d := float64(t.At.Sub(t.Slot).Microseconds()) / 1000
 		ds = append(ds, d)
-		if f, ok := first[t.slot]; !ok || d < f {
-			first[t.slot] = d
+		if f, ok := first[t.Slot]; !ok || d < f {
+			first[t.Slot] = d
 		}
 	}
 	if len(ds) == 0 {
@@ -260,22 +268,8 @@ func (e *env) slotDelay(ctx context.Context, impl string, nJobs int, dur time.Du
 	defer f.close()
 	ctx, cancel := context.WithTimeoutCause(ctx, dur+60*time.Second, errors.New("slot delay scenario timed out"))
 	defer cancel()
-	jobs := everySecond(nJobs)
-	a, err := f.add("a", jobs)
+	a, b, _, err := f.leaderAndStandby(ctx, everySecond(nJobs), true)
 	if err != nil {
-		return err
-	}
-	if _, err := f.awaitHolder(ctx); err != nil {
-		return err
-	}
-	b, err := f.add("b", jobs)
-	if err != nil {
-		return err
-	}
-	if _, err := f.awaitTrigger(ctx, "a", time.Time{}); err != nil {
-		return err
-	}
-	if err := f.awaitStandby(ctx, b); err != nil {
 		return err
 	}
 	start := time.Now().Truncate(time.Second).Add(2 * time.Second)
@@ -291,17 +285,17 @@ func (e *env) slotDelay(ctx context.Context, impl string, nJobs int, dur time.Du
 	da := a.px.counts().sub(ca)
 	fig["busy_load_leader"] = perMin(da.total, el)
 	fig["busy_load_standby"] = perMin(b.px.counts().sub(cb).total, el)
-	ts, _ := f.rec.snapshot()
+	ts := triggers(f.rec)
 	if err := delays(ts, start, end, nJobs*int(dur/time.Second), fig, "delay_"); err != nil {
 		return fmt.Errorf("%s slot delay: %w%s", impl, err, f.diag())
 	}
 	// The request window [start, end+0.5s] holds the slots of [start, end].
-	fired := float64(len(slices.DeleteFunc(ts, func(t trigger) bool { return t.slot.Before(start) || t.slot.After(end) })))
+	fired := float64(len(slices.DeleteFunc(ts, func(t trigger) bool { return t.Slot.Before(start) || t.Slot.After(end) })))
 	fig["requests_per_slot"] = float64(da.total) / fired
 	logKinds(impl+" leader, Consul requests per slot fired, by kind", ka, a.px.kinds(), fired)
 	for _, t := range ts {
-		if t.app != "a" && !t.slot.Before(start) && t.slot.Before(end) {
-			return fmt.Errorf("%s slot delay: standby %s triggered slot %s", impl, t.app, t.slot)
+		if t.App != "a" && !t.Slot.Before(start) && t.Slot.Before(end) {
+			return fmt.Errorf("%s slot delay: standby %s triggered slot %s", impl, t.App, t.Slot)
 		}
 	}
 	return nil
@@ -314,27 +308,16 @@ func (e *env) idle(ctx context.Context, impl string, dur time.Duration, fig figu
 	defer f.close()
 	ctx, cancel := context.WithTimeoutCause(ctx, dur+60*time.Second, errors.New("idle scenario timed out"))
 	defer cancel()
-	jobs := map[string]string{"hourly": "0 0 * * * *"}
-	a, err := f.add("a", jobs)
+	a, b, _, err := f.leaderAndStandby(ctx, map[string]string{"hourly": "0 0 * * * *"}, false)
 	if err != nil {
-		return err
-	}
-	if _, err := f.awaitHolder(ctx); err != nil {
-		return err
-	}
-	b, err := f.add("b", jobs)
-	if err != nil {
-		return err
-	}
-	if err := f.awaitStandby(ctx, b); err != nil {
 		return err
 	}
 	if err := sleepUntil(ctx, time.Now().Add(time.Second)); err != nil { // let start-up work finish
 		return err
 	}
 	start := time.Now()
-	ua, err1 := readUsage(a.p.cmd.Process.Pid)
-	ub, err2 := readUsage(b.p.cmd.Process.Pid)
+	ua, err1 := readUsage(a.p.Pid())
+	ub, err2 := readUsage(b.p.Pid())
 	ca, cb := a.px.counts(), b.px.counts()
 	if err := errors.Join(err1, err2); err != nil {
 		return fmt.Errorf("%s idle: %w", impl, err)
@@ -343,8 +326,8 @@ func (e *env) idle(ctx context.Context, impl string, dur time.Duration, fig figu
 		return err
 	}
 	el := time.Since(start)
-	ua2, err1 := readUsage(a.p.cmd.Process.Pid)
-	ub2, err2 := readUsage(b.p.cmd.Process.Pid)
+	ua2, err1 := readUsage(a.p.Pid())
+	ub2, err2 := readUsage(b.p.Pid())
 	if err := errors.Join(err1, err2); err != nil {
 		return fmt.Errorf("%s idle: %w%s", impl, err, f.diag())
 	}
@@ -361,30 +344,28 @@ func (e *env) idle(ctx context.Context, impl string, dur time.Duration, fig figu
 	return nil
 }
 
-// leaderAndStandby starts "a" with a job every second, waits until it holds
-// the lock (returning its session) and fires, then starts "b" and waits
-// until it is a standby.
-func (f *fleet) leaderAndStandby(ctx context.Context) (*member, string, error) {
-	jobs := map[string]string{"tick": "* * * * * *"}
-	a, err := f.add("a", jobs)
-	if err != nil {
-		return nil, "", err
+// leaderAndStandby starts "a" running jobs and waits until it holds the
+// lock (returning its session), then starts "b", waits (if fires) for a
+// trigger from "a", and waits until "b" is a standby.
+func (f *fleet) leaderAndStandby(ctx context.Context, jobs map[string]string, fires bool) (a, b *member, session string, err error) {
+	if a, err = f.add("a", jobs); err != nil {
+		return nil, nil, "", err
 	}
-	sa, err := f.awaitHolder(ctx)
-	if err != nil {
-		return nil, "", err
+	if session, err = f.awaitHolder(ctx); err != nil {
+		return nil, nil, "", err
 	}
-	b, err := f.add("b", jobs)
-	if err != nil {
-		return nil, "", err
+	if b, err = f.add("b", jobs); err != nil {
+		return nil, nil, "", err
 	}
-	if _, err := f.awaitTrigger(ctx, "a", time.Time{}); err != nil {
-		return nil, "", err
+	if fires {
+		if _, err := f.awaitTrigger(ctx, "a", time.Time{}); err != nil {
+			return nil, nil, "", err
+		}
 	}
 	if err := f.awaitStandby(ctx, b); err != nil {
-		return nil, "", err
+		return nil, nil, "", err
 	}
-	return a, sa, nil
+	return a, b, session, nil
 }
 
 // handover measures a graceful handover: SIGTERM of an idle leader, until
@@ -394,7 +375,7 @@ func (e *env) handover(ctx context.Context, impl string, fig figures) error {
 	defer f.close()
 	ctx, cancel := context.WithTimeoutCause(ctx, 90*time.Second, errors.New("handover scenario timed out"))
 	defer cancel()
-	a, sa, err := f.leaderAndStandby(ctx)
+	a, _, sa, err := f.leaderAndStandby(ctx, tickJob, true)
 	if err != nil {
 		return err
 	}
@@ -403,16 +384,16 @@ func (e *env) handover(ctx context.Context, impl string, fig figures) error {
 	if err := sleepUntil(ctx, time.Now().Truncate(time.Second).Add(1500*time.Millisecond)); err != nil {
 		return err
 	}
-	from := f.w.len()
+	from := len(f.locks.Events())
 	t0 := time.Now()
-	if err := a.p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := a.p.Signal(syscall.SIGTERM); err != nil {
 		return fmt.Errorf("%s handover: signal: %w", impl, err)
 	}
-	rel, i, err := f.w.await(ctx, "the release", from, func(c lockChange) bool { return c.session != sa })
+	rel, i, err := awaitLock(ctx, f.locks, "the release", from, func(c lockChange) bool { return c.Session != sa })
 	if err != nil {
 		return fmt.Errorf("%s handover: %w%s", impl, err, f.diag())
 	}
-	held, _, err := f.w.await(ctx, "the standby holding the lock", i, func(c lockChange) bool { return c.session != "" && c.session != sa })
+	held, _, err := awaitLock(ctx, f.locks, "the standby holding the lock", i, func(c lockChange) bool { return c.Session != "" && c.Session != sa })
 	if err != nil {
 		return fmt.Errorf("%s handover: %w%s", impl, err, f.diag())
 	}
@@ -420,17 +401,17 @@ func (e *env) handover(ctx context.Context, impl string, fig figures) error {
 		return err
 	}
 	select {
-	case <-a.p.exited:
+	case <-a.p.Exited():
 	case <-ctx.Done():
 		return fmt.Errorf("%s handover: old leader did not exit%s", impl, f.diag())
 	}
-	if a.p.code != 0 {
-		return fmt.Errorf("%s handover: old leader exited %d%s", impl, a.p.code, f.diag())
+	if a.p.ExitCode() != 0 {
+		return fmt.Errorf("%s handover: old leader exited %d%s", impl, a.p.ExitCode(), f.diag())
 	}
-	fig["handover_term_release"] = ms(rel.at.Sub(t0))
-	fig["handover_release_held"] = ms(held.at.Sub(rel.at))
-	fig["handover_term_held"] = ms(held.at.Sub(t0))
-	ts, _ := f.rec.snapshot()
+	fig["handover_term_release"] = ms(rel.At.Sub(t0))
+	fig["handover_release_held"] = ms(held.At.Sub(rel.At))
+	fig["handover_term_held"] = ms(held.At.Sub(t0))
+	ts := triggers(f.rec)
 	fig["handover_missed"] = slotGap(ts)
 	return nil
 }
@@ -442,14 +423,14 @@ func (e *env) failover(ctx context.Context, impl string, fig figures) error {
 	bound := 2*e.ttl + e.delay
 	ctx, cancel := context.WithTimeoutCause(ctx, bound+90*time.Second, errors.New("failover scenario timed out"))
 	defer cancel()
-	a, sa, err := f.leaderAndStandby(ctx)
+	a, _, sa, err := f.leaderAndStandby(ctx, tickJob, true)
 	if err != nil {
 		return err
 	}
-	from := f.w.len()
+	from := len(f.locks.Events())
 	t0 := time.Now()
-	a.p.kill()
-	held, _, err := f.w.await(ctx, "the standby holding the lock", from, func(c lockChange) bool { return c.session != "" && c.session != sa })
+	a.p.Kill()
+	held, _, err := awaitLock(ctx, f.locks, "the standby holding the lock", from, func(c lockChange) bool { return c.Session != "" && c.Session != sa })
 	if err != nil {
 		return fmt.Errorf("%s failover: %w%s", impl, err, f.diag())
 	}
@@ -457,9 +438,9 @@ func (e *env) failover(ctx context.Context, impl string, fig figures) error {
 	if err != nil {
 		return err
 	}
-	fig["failover_held"] = held.at.Sub(t0).Seconds()
-	fig["failover_trigger"] = tr.at.Sub(t0).Seconds()
-	ts, _ := f.rec.snapshot()
+	fig["failover_held"] = held.At.Sub(t0).Seconds()
+	fig["failover_trigger"] = tr.At.Sub(t0).Seconds()
+	ts := triggers(f.rec)
 	fig["failover_missed"] = slotGap(ts)
 	return nil
 }
@@ -470,11 +451,11 @@ func (e *env) failover(ctx context.Context, impl string, fig figures) error {
 func slotGap(ts []trigger) float64 {
 	var lastA, firstB time.Time
 	for _, t := range ts {
-		if t.app == "a" && t.slot.After(lastA) {
-			lastA = t.slot
+		if t.App == "a" && t.Slot.After(lastA) {
+			lastA = t.Slot
 		}
-		if t.app == "b" && (firstB.IsZero() || t.slot.Before(firstB)) {
-			firstB = t.slot
+		if t.App == "b" && (firstB.IsZero() || t.Slot.Before(firstB)) {
+			firstB = t.Slot
 		}
 	}
 	return firstB.Sub(lastA).Seconds() - 1
@@ -518,7 +499,7 @@ func (e *env) scale(ctx context.Context, impl string, nJobs, nStandby, period in
 	if err := sleepUntil(ctx, start); err != nil {
 		return err
 	}
-	ua, err := readUsage(a.p.cmd.Process.Pid)
+	ua, err := readUsage(a.p.Pid())
 	if err != nil {
 		return err
 	}
@@ -531,14 +512,14 @@ func (e *env) scale(ctx context.Context, impl string, nJobs, nStandby, period in
 		return err
 	}
 	el := time.Since(start)
-	ua2, err := readUsage(a.p.cmd.Process.Pid)
+	ua2, err := readUsage(a.p.Pid())
 	if err != nil {
 		return err
 	}
 	var rss, load []float64
 	var total int64
 	for i, m := range standbys {
-		u, err := readUsage(m.p.cmd.Process.Pid)
+		u, err := readUsage(m.p.Pid())
 		if err != nil {
 			return err
 		}
@@ -554,7 +535,7 @@ func (e *env) scale(ctx context.Context, impl string, nJobs, nStandby, period in
 	fig["scale_load_leader"] = perMin(dl, el)
 	fig["scale_load_standby"] = median(load)
 	fig["scale_load_total"] = perMin(dl+total, el)
-	ts, _ := f.rec.snapshot()
+	ts := triggers(f.rec)
 	if err := delays(ts, start, end, nJobs*int(dur/time.Second)/period, fig, "scale_"); err != nil {
 		return fmt.Errorf("%s scale: %w%s", impl, err, f.diag())
 	}
@@ -580,12 +561,12 @@ func median(v []float64) float64 {
 // the agent and through a counting proxy, and how long a burst of n
 // concurrent ones takes to complete (n slots due in the same second).
 func (e *env) calibrate(ctx context.Context, bursts map[string]int, fig figures) error {
-	px, err := startProxy(e.agent.addr, e.tr)
+	px, err := startProxy(e.agent.Addr, e.tr)
 	if err != nil {
 		return err
 	}
 	defer px.close()
-	direct, err := pooledClient(e.agent.addr)
+	direct, err := pooledClient(e.agent.Addr)
 	if err != nil {
 		return err
 	}

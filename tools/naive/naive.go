@@ -22,6 +22,10 @@
 // fencing token is the index of the acquiring write (it is read after the
 // acquire, so a write in between would raise it). Do not use it for
 // anything but comparisons and fault-injection baselines.
+//
+// It lives under tools/, beside the benchmark (tools/bench), because it is
+// a measuring stick, not part of the product: the leadercron binary never
+// imports it.
 package naive
 
 import (
