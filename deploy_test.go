@@ -161,8 +161,9 @@ func TestReleaseBuild(t *testing.T) {
 			"LEADERCRON_LISTEN":     listen,
 			"LEADERCRON_APP_URL":    "http://127.0.0.1:" + strconv.Itoa(ports[1]), // nothing listens: drain counts as done
 			"LEADERCRON_LOG_FORMAT": "text",
-			// A leader with no job at all exits at once (as of 45d0445);
-			// a job that is never due keeps it running.
+			// A job that does not fall due during the test: the sidecar
+			// leads (standalone) and never calls the app, which is not
+			// running.
 			"LEADERCRON_JOB_NEVER": "0 0 1 1 *",
 		}
 		if out, code := run(t, bin, env, "healthcheck"); code != 1 {

@@ -147,6 +147,17 @@ func tableSchedule(j kvlayout.JobSpec) (scheduler.Schedule, *time.Location, bool
 }
 
 func (st statusView) print(w io.Writer, history int) {
+	st.printHeader(w)
+	st.printReplicas(w)
+	st.printJobs(w)
+	if history > 0 {
+		st.printHistory(w, history)
+	}
+	st.printOtherJobs(w)
+}
+
+// printHeader is the service, the leader and where the job list comes from.
+func (st statusView) printHeader(w io.Writer) {
 	fmt.Fprintf(w, "service %s (KV prefix %s)\n", st.Service, st.KVPrefix)
 	if l := st.Leader; l != nil {
 		fmt.Fprintf(w, "leader  %s (session %s, fencing token %d", l.ID, l.Session, l.FencingToken)
@@ -167,8 +178,11 @@ func (st statusView) print(w io.Writer, history int) {
 		fmt.Fprintf(w, "jobs    this environment's LEADERCRON_JOB_* variables: no job table in Consul yet (%s: no leader of this version has led)\n",
 			kvlayout.New(st.KVPrefix).JobTable())
 	}
-	st.printReplicas(w)
+}
 
+// printJobs is one line per job: schedule, next slot, pause, last slot and
+// its fate, pending run-now.
+func (st statusView) printJobs(w io.Writer) {
 	fmt.Fprintln(w)
 	if len(st.Jobs) == 0 {
 		fmt.Fprintln(w, "no jobs known")
@@ -202,33 +216,39 @@ func (st statusView) print(w io.Writer, history int) {
 		_ = tw.Flush()
 	}
 
-	if history > 0 {
-		for _, j := range st.Jobs {
-			fmt.Fprintf(w, "\n%s: recent slots, newest first (at most %d; -history N)\n", j.Name, history)
-			if len(j.History) == 0 {
-				fmt.Fprintln(w, "  (none recorded)")
-				continue
-			}
-			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "  SLOT\tOUTCOME\tREASON\tHTTP\tDURATION\tATTEMPTS\tBY")
-			for _, e := range j.History[:min(history, len(j.History))] {
-				slot := stamp(e.Slot)
-				if e.RunNow {
-					slot += " (run-now)"
-				}
-				status, took, attempts := "-", "-", "-"
-				if e.HTTPStatus != 0 {
-					status = fmt.Sprint(e.HTTPStatus)
-				}
-				if e.Attempts > 0 {
-					took, attempts = (time.Duration(e.DurationMS) * time.Millisecond).String(), fmt.Sprint(e.Attempts)
-				}
-				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", slot, e.Outcome, dash(string(e.Reason)), status, took, attempts, dash(e.ID))
-			}
-			_ = tw.Flush()
-		}
-	}
+}
 
+// printHistory is each job's recent slots, newest first.
+func (st statusView) printHistory(w io.Writer, history int) {
+	for _, j := range st.Jobs {
+		fmt.Fprintf(w, "\n%s: recent slots, newest first (at most %d; -history N)\n", j.Name, history)
+		if len(j.History) == 0 {
+			fmt.Fprintln(w, "  (none recorded)")
+			continue
+		}
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  SLOT\tOUTCOME\tREASON\tHTTP\tDURATION\tATTEMPTS\tBY")
+		for _, e := range j.History[:min(history, len(j.History))] {
+			slot := stamp(e.Slot)
+			if e.RunNow {
+				slot += " (run-now)"
+			}
+			status, took, attempts := "-", "-", "-"
+			if e.HTTPStatus != 0 {
+				status = fmt.Sprint(e.HTTPStatus)
+			}
+			if e.Attempts > 0 {
+				took, attempts = (time.Duration(e.DurationMS) * time.Millisecond).String(), fmt.Sprint(e.Attempts)
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", slot, e.Outcome, dash(string(e.Reason)), status, took, attempts, dash(e.ID))
+		}
+		_ = tw.Flush()
+	}
+}
+
+// printOtherJobs names the jobs with state in Consul that the job list
+// does not have.
+func (st statusView) printOtherJobs(w io.Writer) {
 	if len(st.OtherJobs) > 0 {
 		names := make([]string, 0, len(st.OtherJobs))
 		for n := range st.OtherJobs {

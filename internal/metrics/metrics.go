@@ -163,6 +163,23 @@ func New(reg *prometheus.Registry, opts Options) (*Metrics, error) {
 	buildInfo.Set(1)
 	cs := []prometheus.Collector{
 		m.slots, m.triggerSeconds, m.slotDelay, m.changes, m.consulErrors, m.tableMismatch, buildInfo,
+	}
+	cs = append(cs, m.gauges(opts)...)
+	if opts.Runtime {
+		cs = append(cs, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// gauges are the metrics computed at scrape time from the current term and
+// the drain.
+func (m *Metrics) gauges(opts Options) []prometheus.Collector {
+	return []prometheus.Collector{
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "leadercron_is_leader",
 			Help: "1 while this sidecar leads with a valid lease, else 0.",
@@ -203,15 +220,6 @@ func New(reg *prometheus.Registry, opts Options) (*Metrics, error) {
 			Help: "LEADERCRON_DRAIN_TIMEOUT: the longest a drain may take before the sidecar exits 3 without releasing the lock.",
 		}, func() float64 { return opts.DrainTimeout.Seconds() }),
 	}
-	if opts.Runtime {
-		cs = append(cs, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	}
-	for _, c := range cs {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("register metrics: %w", err)
-		}
-	}
-	return m, nil
 }
 
 // Handler serves the registry in the Prometheus exposition formats.

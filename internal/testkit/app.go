@@ -239,7 +239,22 @@ func (a *App) job(w http.ResponseWriter, r *http.Request) {
 			a.h.Add(Event{Kind: "jobdone", App: a.Name, Job: job, Slot: slot, Token: token})
 		})
 	}
-	switch bad {
+	a.answer(w, r, job, answer{bad: bad, delay: delay, scripted: script != nil, hold: hold, status: status})
+}
+
+// answer is how the app answers one trigger.
+type answer struct {
+	bad         NoAnswer
+	delay, hold time.Duration
+	scripted    bool
+	status      int
+}
+
+// answer answers a trigger as planned: a reset or a late answer (no
+// answer the sidecar can read), else the status after the app's delay
+// and, for a scripted run, its hold.
+func (a *App) answer(w http.ResponseWriter, r *http.Request, job string, p answer) {
+	switch p.bad {
 	case NoAnswerReset:
 		conn, _, err := http.NewResponseController(w).Hijack()
 		if err != nil {
@@ -256,19 +271,19 @@ func (a *App) job(w http.ResponseWriter, r *http.Request) {
 		// connection closed.
 		time.Sleep(a.writeTimeout + LateBy)
 	}
-	if delay > 0 {
-		t := time.NewTimer(delay)
+	if p.delay > 0 {
+		t := time.NewTimer(p.delay)
 		select {
 		case <-t.C:
 		case <-r.Context().Done():
 		}
 		t.Stop()
 	}
-	if script != nil {
-		time.Sleep(hold) // the run itself: the app's work, not synchronisation
+	if p.scripted {
+		time.Sleep(p.hold) // the run itself: the app's work, not synchronisation
 		a.endRun(job)
 	}
-	w.WriteHeader(status)
+	w.WriteHeader(p.status)
 }
 
 // startRun counts a run of job as going on, noting an overlap with

@@ -557,31 +557,11 @@ func parseRun(body []byte, hdr http.Header, name string) (Run, error) {
 	if err != nil {
 		return Run{}, err
 	}
-	str := func(s string) string { return s }
-	bodyJob, err := bodyField(fields, "job", str)
+	b, err := readBodyFields(fields)
 	if err != nil {
 		return Run{}, err
 	}
-	bodySlot, err := bodyField(fields, "slot", str)
-	if err != nil {
-		return Run{}, err
-	}
-	bodyToken, err := bodyField(fields, "fencing_token", func(v uint64) string { return strconv.FormatUint(v, 10) })
-	if err != nil {
-		return Run{}, err
-	}
-	bodyDeadline, err := bodyField(fields, "deadline", str)
-	if err != nil {
-		return Run{}, err
-	}
-	bodyKey, err := bodyField(fields, "idempotency_key", str)
-	if err != nil {
-		return Run{}, err
-	}
-	bodyAttempt, err := bodyField(fields, "attempt", func(v int64) string { return strconv.FormatInt(v, 10) })
-	if err != nil {
-		return Run{}, err
-	}
+	bodyJob, bodySlot, bodyToken, bodyDeadline, bodyKey, bodyAttempt := b.job, b.slot, b.token, b.deadline, b.key, b.attempt
 
 	run := Run{Job: name}
 
@@ -641,6 +621,36 @@ func parseRun(body []byte, hdr http.Header, name string) (Run, error) {
 		run.Attempt = *attempt
 	}
 	return run, nil
+}
+
+// repeated are the body's fields that a header may repeat, as text.
+type repeated struct {
+	job, slot, token, deadline, key, attempt *string
+}
+
+// readBodyFields takes each field from the decoded body; a field of the
+// wrong JSON type is an error.
+func readBodyFields(fields map[string]json.RawMessage) (repeated, error) {
+	var b repeated
+	str := func(s string) string { return s }
+	var err error
+	if b.job, err = bodyField(fields, "job", str); err != nil {
+		return b, err
+	}
+	if b.slot, err = bodyField(fields, "slot", str); err != nil {
+		return b, err
+	}
+	if b.token, err = bodyField(fields, "fencing_token", func(v uint64) string { return strconv.FormatUint(v, 10) }); err != nil {
+		return b, err
+	}
+	if b.deadline, err = bodyField(fields, "deadline", str); err != nil {
+		return b, err
+	}
+	if b.key, err = bodyField(fields, "idempotency_key", str); err != nil {
+		return b, err
+	}
+	b.attempt, err = bodyField(fields, "attempt", func(v int64) string { return strconv.FormatInt(v, 10) })
+	return b, err
 }
 
 // parseAttempt parses a positive decimal attempt number.
