@@ -60,20 +60,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# free_port prints a loopback TCP port that nothing listens on now.
-used_ports=" "
-free_port() {
-  local p
-  while :; do
-    p=$(( 20000 + RANDOM % 30000 ))
-    case "$used_ports" in *" $p "*) continue ;; esac
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      used_ports+="$p "
-      echo "$p"
-      return
-    fi
-  done
-}
+# shellcheck source=lib/ports.sh
+. scripts/lib/ports.sh  # the working directory is the repository root
 
 # get KEY sets v to the value of KEY=value in $line (an hclog text line),
 # without forking, so that lines from the replicas print in time order.
@@ -155,10 +143,10 @@ go build -o "$work/bin/leadercron" .
 consul_bin=$(scripts/consul.sh)
 
 say "starting a Consul dev agent (in memory, loopback only)"
-http_port=$(free_port)
+free_port http_port; free_port serf_port; free_port server_port
 $detach "$consul_bin" agent -dev -node demo -bind 127.0.0.1 -client 127.0.0.1 \
   -http-port "$http_port" -dns-port -1 -grpc-port -1 -grpc-tls-port -1 \
-  -serf-lan-port "$(free_port)" -serf-wan-port -1 -server-port "$(free_port)" -log-level warn \
+  -serf-lan-port "$serf_port" -serf-wan-port -1 -server-port "$server_port" -log-level warn \
   -hcl 'ui_config { enabled = false }' >"$work/logs/consul.log" 2>&1 &
 consul_pid=$!
 export CONSUL_HTTP_ADDR=127.0.0.1:$http_port
@@ -181,9 +169,10 @@ head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/trigger-secret"
 export LEADERCRON_TRIGGER_SECRET_FILE="$work/trigger-secret"
 echo "jobs: hello every 2 s; send-report every 5 s (the app works 2 s on it); triggers signed"
 for r in "${replicas[@]}"; do
-  app_addr[$r]=127.0.0.1:$(free_port)    # the app's private trigger port
-  public_addr[$r]=127.0.0.1:$(free_port) # its public port
-  admin_addr[$r]=127.0.0.1:$(free_port)
+  free_port p_app; free_port p_public; free_port p_admin
+  app_addr[$r]=127.0.0.1:$p_app       # the app's private trigger port
+  public_addr[$r]=127.0.0.1:$p_public # its public port
+  admin_addr[$r]=127.0.0.1:$p_admin
   echo "replica-$r: app ${app_addr[$r]}, sidecar ${admin_addr[$r]}, LEADERCRON_ID=replica-$r"
 done
 echo "${dim}(one line per event: time, replica, what happened; full logs in $work/logs)${reset}"
