@@ -135,7 +135,7 @@ func TestACLPolicy(t *testing.T) {
 	}{
 		{"no policy", "", []string{"read lock key failed", "Permission denied", "key:read"}},
 		{"no session rights", stripBlock(t, string(rules), `session_prefix ""`), []string{"create session failed", "Permission denied", "session:write"}},
-		{"read-only keys", readOnly(t, string(rules)), []string{"Permission denied", "key:write"}},
+		{"read-only keys", readOnly(t, string(rules)), []string{"acquire lock failed", "Permission denied", "key:write"}},
 	}
 	for _, tc := range denied {
 		t.Run(tc.name, func(t *testing.T) {
