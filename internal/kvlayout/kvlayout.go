@@ -7,6 +7,7 @@
 //	P/leader                 the lock: LockValue; the holding session is the leader
 //	P/jobs/<job>/last        the last claimed slot of the job: Claim
 //	P/jobs/<job>/paused      present = paused: Paused
+//	P/requests/              an empty marker that keeps the folder's blocking list quiet
 //	P/requests/<job>         a pending run-now request: Request
 //	P/history/<job>          the job's last slot fates, newest slot first: []Entry
 //	P/fleet/table            the job table the latest leader published: JobTable
@@ -54,7 +55,12 @@ func (l Layout) Claim(job string) string { return l.JobFolder(job) + "last" }
 // Paused is P/jobs/<job>/paused.
 func (l Layout) Paused(job string) string { return l.JobFolder(job) + "paused" }
 
-// Requests is P/requests/, the folder of pending run-now requests.
+// Requests is P/requests/, the folder of pending run-now requests. The
+// key P/requests/ itself (empty) is a marker the leader writes so that the
+// folder is never empty: Consul answers a blocking list of an empty prefix
+// with the whole KV table's index and wakes it on any write under the
+// nearest existing parent (every claim and history write under P/), while
+// a list of a prefix that holds a key wakes only for changes under it.
 func (l Layout) Requests() string { return l.prefix + "/requests/" }
 
 // Request is P/requests/<job>.
@@ -109,7 +115,7 @@ func (l Layout) Parse(key string) (Kind, string) {
 		case leaf == "paused":
 			return KindPaused, job
 		}
-	case strings.HasPrefix(rest, "requests/"):
+	case strings.HasPrefix(rest, "requests/") && rest != "requests/":
 		return KindRequest, strings.TrimPrefix(rest, "requests/")
 	case strings.HasPrefix(rest, "history/"):
 		return KindHistory, strings.TrimPrefix(rest, "history/")

@@ -289,6 +289,17 @@ func (s *Store) decodeRequest(pair *api.KVPair) (kvlayout.Request, error) {
 	return r, nil
 }
 
+// MarkRequests writes the empty marker P/requests/ unless it is there
+// (check-and-set at index 0), so that a blocking Requests wakes only when
+// the requests change (see kvlayout.Layout.Requests). It is idempotent: a
+// call whose outcome is unknown may simply be repeated.
+func (s *Store) MarkRequests(ctx context.Context) error {
+	if _, _, err := s.kv.CAS(&api.KVPair{Key: s.keys.Requests(), ModifyIndex: 0}, wopts(ctx)); err != nil {
+		return fmt.Errorf("mark %s: %w", s.keys.Requests(), err)
+	}
+	return nil
+}
+
 // Requests lists the pending run-now requests, sorted by job. With a
 // waitIndex above zero it is a blocking query: it returns when P/requests/
 // changes after waitIndex, or after about RequestsWait (Consul adds up to
@@ -312,6 +323,9 @@ func (s *Store) Requests(ctx context.Context, waitIndex uint64) ([]kvlayout.Requ
 		errs []error
 	)
 	for _, p := range pairs {
+		if kind, _ := s.keys.Parse(p.Key); kind != kvlayout.KindRequest {
+			continue // the folder's marker
+		}
 		r, err := s.decodeRequest(p)
 		if err != nil {
 			errs = append(errs, err)

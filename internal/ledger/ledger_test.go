@@ -75,6 +75,72 @@ func TestLedger(t *testing.T) {
 	n := 0
 	prefix := func() string { n++; return fmt.Sprintf("leadercron/t%d", n) }
 
+	// With the marker, a blocking list of the requests folder sleeps
+	// through claim and history writes under the same prefix (one per
+	// slot) and wakes for a request. Without it, Consul wakes it for any
+	// of them: the control half shows the fault the marker fixes.
+	t.Run("RequestsWatchIsQuiet", func(t *testing.T) {
+		ctx := ctxT(t)
+		c := consultest.Client(t, addr)
+		for _, marked := range []bool{false, true} {
+			p := prefix()
+			s := ledger.New(c, p)
+			keys := kvlayout.New(p)
+			if _, err := c.KV().Put(&api.KVPair{Key: keys.Claim("job"), Value: []byte("{}")}, nil); err != nil {
+				t.Fatal(err)
+			}
+			if marked {
+				if err := s.MarkRequests(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if err := s.MarkRequests(ctx); err != nil { // idempotent
+					t.Fatal(err)
+				}
+			}
+			_, index, err := s.Requests(ctx, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			woke := make(chan []kvlayout.Request, 1)
+			go func() {
+				reqs, _, _ := s.Requests(ctx, index)
+				woke <- reqs
+			}()
+			for i := range 20 {
+				if _, err := c.KV().Put(&api.KVPair{Key: keys.Claim("job"), Value: fmt.Appendf(nil, `{"n":%d}`, i)}, nil); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := c.KV().Put(&api.KVPair{Key: keys.History("job"), Value: []byte("[]")}, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// No event marks "did not wake": give a woken query the
+			// time a loopback answer takes, many times over.
+			select {
+			case reqs := <-woke:
+				if marked {
+					t.Fatalf("marked folder: the watch woke for claim and history writes (requests %v)", reqs)
+				}
+				continue // the control: the fault is real
+			case <-time.After(500 * time.Millisecond):
+				if !marked {
+					t.Fatal("unmarked folder: the watch slept through 40 writes; the control no longer shows the fault")
+				}
+			}
+			if _, _, err := s.RequestRun(ctx, "job", "alice"); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case reqs := <-woke:
+				if len(reqs) != 1 || reqs[0].Job != "job" {
+					t.Fatalf("woke with %+v, want the one request (the marker is not a request)", reqs)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the watch did not wake for a request")
+			}
+		}
+	})
+
 	t.Run("ConcurrentAppendsLoseNothing", func(t *testing.T) {
 		ctx := ctxT(t)
 		p := prefix()

@@ -260,6 +260,8 @@ func (l *fakeLedger) Append(_ context.Context, job string, e kvlayout.Entry) err
 
 func (l *fakeLedger) Snapshot(context.Context) (ledger.Fleet, error) { return ledger.Fleet{}, nil }
 
+func (l *fakeLedger) MarkRequests(context.Context) error { return nil }
+
 // never is a schedule with no slot in the tests' lifetime: triggers come
 // from run-now requests only.
 type never struct{}

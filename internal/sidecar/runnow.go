@@ -15,12 +15,12 @@ import (
 // while leading: a blocking query on <prefix>/requests/, and for each
 // request a Txn that takes it under the lock, so it fires exactly once.
 func (s *Sidecar) watchRequests(ctx context.Context, term Term) {
+	s.markRequests(ctx)
 	var index uint64
 	var last time.Time
 	for ctx.Err() == nil {
-		// Consul answers a blocking list of an empty prefix with the
-		// whole KV table's index, so the query wakes on every write
-		// anywhere in Consul: at most one list per second.
+		// At most one list per second, whatever wakes it (without the
+		// marker, any write under the prefix: every claim).
 		if wait := time.Second - time.Since(last); wait > 0 {
 			select {
 			case <-ctx.Done():
@@ -60,6 +60,22 @@ func (s *Sidecar) watchRequests(ctx context.Context, term Term) {
 		}
 	}
 }
+
+// markRequests writes the requests folder's marker once per leadership.
+// Without it the watch still works, woken by every claim and history
+// write and paced to one list a second; so a failure is only logged.
+func (s *Sidecar) markRequests(ctx context.Context) {
+	mctx, cancel := context.WithTimeout(ctx, markTimeout)
+	defer cancel()
+	if err := s.ledger.MarkRequests(mctx); err != nil && ctx.Err() == nil {
+		s.m.ConsulError(metrics.OpWatchRequests)
+		s.log.Warn("mark the run-now requests folder failed: its watch wakes on every write under the prefix", "error", err)
+	}
+}
+
+// markTimeout bounds the marker's one write: a healthy agent answers in
+// milliseconds; past this the watch starts without it.
+const markTimeout = 5 * time.Second
 
 // takeRequest takes one run-now request and fires it. The take is not
 // cut short by the leadership ending (see leader.Term.TakeRequest), and a

@@ -45,6 +45,9 @@ type Ledger interface {
 	// Requests lists pending run-now requests; with waitIndex > 0 it
 	// blocks until they change or about ledger.RequestsWait passes.
 	Requests(ctx context.Context, waitIndex uint64) ([]kvlayout.Request, uint64, error)
+	// MarkRequests makes sure a blocking Requests wakes only for the
+	// requests (see kvlayout.Layout.Requests); idempotent.
+	MarkRequests(ctx context.Context) error
 	Snapshot(ctx context.Context) (ledger.Fleet, error)
 }
 
