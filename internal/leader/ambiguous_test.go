@@ -36,6 +36,7 @@ type lossyTransport struct {
 	delay time.Duration
 	hold  chan struct{} // lost answers wait for the request's context
 	lost  int
+	txns  int // PUT /v1/txn requests seen
 }
 
 func (l *lossyTransport) RoundTrip(r *http.Request) (*http.Response, error) {
@@ -49,6 +50,9 @@ func (l *lossyTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	forge, delay, hold := l.forge, l.delay, l.hold
 	if lose {
 		l.lost++
+	}
+	if r.Method == http.MethodPut && r.URL.Path == "/v1/txn" {
+		l.txns++
 	}
 	l.mu.Unlock()
 	if forge != nil {
@@ -88,6 +92,12 @@ func (l *lossyTransport) set(f func(l *lossyTransport)) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	f(l)
+}
+
+func (l *lossyTransport) txnCount() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.txns
 }
 
 func (l *lossyTransport) lostCount() int {

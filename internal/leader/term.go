@@ -109,6 +109,7 @@ type consulSlots struct {
 	known    map[string]claimState // per job: what we last read or wrote
 	won      map[string]time.Time  // per job: the last slot Claim reported won
 	inflight chan struct{}         // bounds concurrent requests
+	batch    *claimBatcher
 }
 
 type claimState struct {
@@ -125,8 +126,10 @@ type claimState struct {
 const maxClaimRequests = 64
 
 func newConsulTerm(e *Elector, s *session, token uint64) *Term {
-	return &Term{token: token, sess: s, store: &consulSlots{e: e, sess: s, known: map[string]claimState{},
-		won: map[string]time.Time{}, inflight: make(chan struct{}, maxClaimRequests)}}
+	c := &consulSlots{e: e, sess: s, known: map[string]claimState{}, won: map[string]time.Time{},
+		inflight: make(chan struct{}, maxClaimRequests)}
+	c.batch = &claimBatcher{c: c}
+	return &Term{token: token, sess: s, store: c}
 }
 
 // acquire takes one of the term's request slots; release gives it back.
@@ -239,11 +242,13 @@ func (c *consulSlots) markWon(job string, slot time.Time) {
 	c.won[job] = slot
 }
 
-// txn runs [check-session on the lock key, cas on the job's record,
-// get-tree of the job's folder]. won reports success, paused whether the
-// folder holds a pause flag; a failed CAS returns won=false and a nil
-// error. Consul applies a Txn whole or not at all, so any other failure
-// is a refusedError (or ErrNotLeader), and a transport error is unknown.
+// txn claims slot for job with a check-and-set at index, in the next
+// batch Txn (see claimBatcher). won reports success, paused whether the
+// job's folder holds a pause flag; a failed check-and-set returns
+// won=false and a nil error. Consul applies a Txn whole or not at all, and
+// the batcher re-sends the claims a refused batch did not refuse, so any
+// other failure is a refusedError (or ErrNotLeader) for this claim alone,
+// and a transport error, or ctx ending first, is unknown.
 func (c *consulSlots) txn(ctx context.Context, job string, slot time.Time, token, index uint64) (won, paused bool, err error) {
 	op := "claim " + job + "@" + slot.Format(time.RFC3339)
 	rec := kvlayout.Claim{Slot: slot, FencingToken: token, ID: c.e.opts.ID, ClaimedAt: time.Now().UTC()}
@@ -251,38 +256,26 @@ func (c *consulSlots) txn(ctx context.Context, job string, slot time.Time, token
 	if err != nil {
 		return false, false, fmt.Errorf("%s: encode: %w", op, err)
 	}
-	if err := c.acquire(ctx); err != nil {
-		return false, false, fmt.Errorf("%s: %w", op, err)
+	call := &claimCall{job: job, value: value, index: index, done: make(chan struct{})}
+	c.batch.submit(call)
+	select {
+	case <-call.done:
+	case <-ctx.Done():
+		c.forget(job) // the write may or may not happen
+		return false, false, fmt.Errorf("%s: %w", op, ctx.Err())
 	}
-	defer c.release()
-	ops := api.TxnOps{
-		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: c.e.opts.Keys.Lock(), Session: c.sess.id}},
-		{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: c.e.opts.Keys.Claim(job), Value: value, Index: index}},
-		{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: c.e.opts.Keys.JobFolder(job)}},
-	}
-	rctx, cancel := context.WithTimeout(ctx, c.e.opts.requestTimeout())
-	defer cancel()
-	ok, resp, _, err := c.e.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(rctx))
-	if err != nil {
+	switch {
+	case call.err != nil && !NotApplied(call.err):
 		c.forget(job) // the write may or may not have happened
-		c.e.opts.Metrics.ConsulError(metrics.OpClaim)
-		return false, false, fmt.Errorf("%s: %w", op, err)
+		return false, false, fmt.Errorf("%s: %w", op, call.err)
+	case call.err != nil:
+		return false, false, call.err
+	case !call.won:
+		return false, false, nil
 	}
-	if !ok {
-		return false, false, c.txnFailed(op, resp, 1)
-	}
-	st := claimState{rec: rec}
-	if len(resp.Results) > 1 && resp.Results[1].KV != nil {
-		st.index = resp.Results[1].KV.ModifyIndex
-	}
-	for _, r := range resp.Results[min(2, len(resp.Results)):] {
-		if r.KV != nil && r.KV.Key == c.e.opts.Keys.Paused(job) {
-			st.paused = true
-		}
-	}
-	c.remember(job, st)
+	c.remember(job, claimState{rec: rec, index: call.index, paused: call.paused})
 	c.markWon(job, slot)
-	return true, st.paused, nil
+	return true, call.paused, nil
 }
 
 // txnFailed reads why Consul refused a Txn whose op 0 is check-session:
