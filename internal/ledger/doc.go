@@ -9,12 +9,15 @@
 //
 // Guarantees:
 //
-//   - Append loses no entry to a concurrent Append: it is a read, then a
-//     check-and-set at the read's ModifyIndex, retried on conflict. The list
-//     is kept sorted by slot, newest first, and cut to MaxHistory entries;
-//     the oldest slots are dropped. An entry equal to one already stored
-//     (same slot, outcome, at and id) is not added twice, so an Append whose
-//     outcome was unknown (a timeout) may be retried.
+//   - AppendAll (and Append) loses no entry to a concurrent writer: each
+//     job's list is written by a check-and-set at the ModifyIndex this
+//     Store last read or wrote, many jobs in one Txn; a list that changed
+//     meanwhile fails its op, is read again and retried alone, and the
+//     other lists of the Txn are sent again as they are. The list is kept
+//     sorted by slot, newest first, and cut to MaxHistory entries; the
+//     oldest slots are dropped. An entry equal to one already stored (same
+//     slot, outcome, at and id) is not added twice, so a call whose
+//     outcome was unknown (a timeout) may be repeated.
 //   - At most one run-now request per job is pending: RequestRun creates it
 //     only if the key is absent (CAS at index 0) and otherwise returns the
 //     pending one. The leader consumes it with one Txn (check-session on

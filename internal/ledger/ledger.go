@@ -42,6 +42,8 @@ type Store struct {
 	kv     *api.KV
 	keys   kvlayout.Layout
 	now    func() time.Time
+
+	histories historyCache // see AppendAll
 }
 
 // New returns a Store for the fleet whose KV prefix is prefix (the
@@ -55,36 +57,9 @@ func wopts(ctx context.Context) *api.WriteOptions { return (&api.WriteOptions{})
 
 // Append records e in job's history: newest slot first, at most MaxHistory
 // entries. It retries on a CAS conflict until it wins, ctx ends, or
-// maxCASAttempts conflicts in a row.
+// maxCASAttempts conflicts in a row. See AppendAll, which it calls.
 func (s *Store) Append(ctx context.Context, job string, e kvlayout.Entry) error {
-	key := s.keys.History(job)
-	e.Slot, e.At = e.Slot.UTC(), e.At.UTC()
-	pause := casBackoff()
-	for range maxCASAttempts {
-		list, index, err := s.history(ctx, key)
-		if err != nil {
-			return fmt.Errorf("append history of %s: %w", job, err)
-		}
-		if slices.ContainsFunc(list, func(o kvlayout.Entry) bool { return same(e, o) }) {
-			return nil
-		}
-		list = insert(list, e)
-		value, err := json.Marshal(list)
-		if err != nil {
-			return fmt.Errorf("append history of %s: encode: %w", job, err)
-		}
-		ok, _, err := s.kv.CAS(&api.KVPair{Key: key, Value: value, ModifyIndex: index}, wopts(ctx))
-		if err != nil {
-			return fmt.Errorf("append history of %s: cas %s: %w", job, key, err)
-		}
-		if ok {
-			return nil
-		}
-		if err := sleep(ctx, pause.NextBackOff()); err != nil {
-			return fmt.Errorf("append history of %s: %w", job, err)
-		}
-	}
-	return fmt.Errorf("append history of %s: %w", job, ErrConflict)
+	return s.AppendAll(ctx, map[string][]kvlayout.Entry{job: {e}})
 }
 
 // insert puts e into list (sorted by slot, newest first; among equal slots

@@ -141,6 +141,60 @@ func TestLedger(t *testing.T) {
 		}
 	})
 
+	// A batch of many jobs' entries is one Txn once the lists are
+	// cached; a list another writer changed is re-read and retried
+	// alone, and nothing is lost or doubled.
+	t.Run("AppendAllBatches", func(t *testing.T) {
+		ctx := ctxT(t)
+		p := prefix()
+		c, hook := hookedClient(t, addr)
+		s := ledger.New(c, p)
+		batch := func(round int) map[string][]kvlayout.Entry {
+			m := map[string][]kvlayout.Entry{}
+			for j := range 40 {
+				m[fmt.Sprintf("job%02d", j)] = []kvlayout.Entry{entry(2 * round), entry(2*round + 1)}
+			}
+			return m
+		}
+		if err := s.AppendAll(ctx, batch(0)); err != nil { // reads 40 lists, then one Txn
+			t.Fatal(err)
+		}
+		puts := hook.puts.Load()
+		if err := s.AppendAll(ctx, batch(1)); err != nil {
+			t.Fatal(err)
+		}
+		if n := hook.puts.Load() - puts; n != 1 {
+			t.Errorf("%d writes for 40 cached lists, want 1 Txn", n)
+		}
+		// Another writer appends to job07 behind this Store's cache.
+		if err := ledger.New(consultest.Client(t, addr), p).Append(ctx, "job07", entry(100)); err != nil {
+			t.Fatal(err)
+		}
+		puts = hook.puts.Load()
+		if err := s.AppendAll(ctx, batch(2)); err != nil {
+			t.Fatal(err)
+		}
+		if n := hook.puts.Load() - puts; n != 2 {
+			t.Errorf("%d writes with one list changed behind the cache, want 2 (the batch, then the others again with job07 re-read)", n)
+		}
+		if err := s.AppendAll(ctx, batch(2)); err != nil { // a repeat adds nothing
+			t.Fatal(err)
+		}
+		for _, job := range []string{"job00", "job07", "job39"} {
+			list, err := s.History(ctx, job)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := 6
+			if job == "job07" {
+				want = 7
+			}
+			if len(list) != want {
+				t.Errorf("%s holds %d entries, want %d: %+v", job, len(list), want, list)
+			}
+		}
+	})
+
 	t.Run("ConcurrentAppendsLoseNothing", func(t *testing.T) {
 		ctx := ctxT(t)
 		p := prefix()

@@ -12,20 +12,35 @@ import (
 )
 
 // historyWriter appends every slot's fate to the job's history in Consul
-// KV, in the background and in the order recorded. It never blocks the
-// scheduler: when Consul is too slow for the queue, entries are dropped
-// with a warning (the history is for people; the claims are what keep
-// slots at most once).
+// KV, in the background, in batches: whatever is queued when a write
+// starts goes in it (Ledger.AppendAll: one Txn for as many jobs' lists as
+// fit), and the next write waits historyInterval, so a leader firing a
+// hundred slots a second sends about one history write a second. It never
+// blocks the scheduler: when Consul is too slow for the queue, entries
+// are dropped with a warning (the history is for people; the claims are
+// what keep slots at most once).
 type historyWriter struct {
 	store Ledger
 	id    string
 	log   hclog.Logger
 
-	mu     sync.Mutex
-	closed bool
-	queue  chan historyItem
-	done   chan struct{}
+	mu      sync.Mutex
+	closed  bool
+	queue   chan historyItem
+	closing chan struct{} // closed by close: write what is queued at once
+	done    chan struct{}
 }
+
+// historyInterval is the pause between two history writes. /status and
+// `leadercron status` show a slot's fate at most this long (plus one
+// write) after it is recorded; the longer it is, the more slots share a
+// write.
+const historyInterval = time.Second
+
+// historyQueue bounds the entries waiting for a write: over a
+// historyInterval plus a slow write (10 s) at a hundred slots a second,
+// with room.
+const historyQueue = 4096
 
 type historyItem struct {
 	job string
@@ -33,7 +48,8 @@ type historyItem struct {
 }
 
 func newHistoryWriter(store Ledger, id string, log hclog.Logger) *historyWriter {
-	h := &historyWriter{store: store, id: id, log: log, queue: make(chan historyItem, 1024), done: make(chan struct{})}
+	h := &historyWriter{store: store, id: id, log: log, queue: make(chan historyItem, historyQueue),
+		closing: make(chan struct{}), done: make(chan struct{})}
 	go h.run()
 	return h
 }
@@ -58,12 +74,45 @@ func (h *historyWriter) Record(job string, r scheduler.LastRun) {
 
 func (h *historyWriter) run() {
 	defer close(h.done)
-	for it := range h.queue {
+	for {
+		batch, n, ok := h.next()
+		if !ok {
+			return
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if err := h.store.Append(ctx, it.job, it.e); err != nil {
-			h.log.Warn("record slot history failed", "job", it.job, "slot", it.e.Slot, "error", err)
+		if err := h.store.AppendAll(ctx, batch); err != nil {
+			h.log.Warn("record slot history failed", "entries", n, "jobs", len(batch), "error", err)
 		}
 		cancel()
+		t := time.NewTimer(historyInterval)
+		select {
+		case <-t.C:
+		case <-h.closing:
+		}
+		t.Stop()
+	}
+}
+
+// next waits for an entry and returns it with every entry queued behind
+// it, by job; ok is false once the queue is closed and empty.
+func (h *historyWriter) next() (map[string][]kvlayout.Entry, int, bool) {
+	it, ok := <-h.queue
+	if !ok {
+		return nil, 0, false
+	}
+	batch := map[string][]kvlayout.Entry{it.job: {it.e}}
+	n := 1
+	for {
+		select {
+		case it, ok := <-h.queue:
+			if !ok {
+				return batch, n, true
+			}
+			batch[it.job] = append(batch[it.job], it.e)
+			n++
+		default:
+			return batch, n, true
+		}
 	}
 }
 
@@ -74,6 +123,7 @@ func (h *historyWriter) close(timeout time.Duration) {
 	if !h.closed {
 		h.closed = true
 		close(h.queue)
+		close(h.closing)
 	}
 	h.mu.Unlock()
 	t := time.NewTimer(timeout)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -250,11 +251,15 @@ func (l *fakeLedger) Requests(ctx context.Context, _ uint64) ([]kvlayout.Request
 	}
 }
 
-func (l *fakeLedger) Append(_ context.Context, job string, e kvlayout.Entry) error {
+func (l *fakeLedger) AppendAll(_ context.Context, entries map[string][]kvlayout.Entry) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.entries = append(l.entries, e)
-	l.ev.add("history %s %s", job, e.Outcome)
+	for _, job := range slices.Sorted(maps.Keys(entries)) {
+		for _, e := range entries[job] {
+			l.entries = append(l.entries, e)
+			l.ev.add("history %s %s", job, e.Outcome)
+		}
+	}
 	return nil
 }
 

@@ -41,7 +41,8 @@ type Term interface {
 // Ledger is the fleet's shared state outside the lock: slot history,
 // run-now requests, and the snapshot /status shows.
 type Ledger interface {
-	Append(ctx context.Context, job string, e kvlayout.Entry) error
+	// AppendAll records slot fates, by job; idempotent.
+	AppendAll(ctx context.Context, entries map[string][]kvlayout.Entry) error
 	// Requests lists pending run-now requests; with waitIndex > 0 it
 	// blocks until they change or about ledger.RequestsWait passes.
 	Requests(ctx context.Context, waitIndex uint64) ([]kvlayout.Request, uint64, error)
@@ -177,7 +178,6 @@ func (s *Sidecar) setTerm(t Term) {
 }
 
 // HistoryFlushTimeout bounds the wait, at exit, for slot fates still queued
-// for the ledger: each is a read and a check-and-set (milliseconds each on
-// a healthy agent), and the queue at exit holds the last few slots. What is
-// not written by then is logged as lost.
+// for the ledger: one batch Txn (milliseconds on a healthy agent) for the
+// last second's slots. What is not written by then is logged as lost.
 const HistoryFlushTimeout = time.Second
