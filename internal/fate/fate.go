@@ -47,6 +47,11 @@ const (
 	// not be re-read: it may be used up without firing.
 	TakeUnknown Reason = "take_unknown"
 	Ended       Reason = "leadership_ended" // missed: leadership ended while it waited
+	// Orphaned: recorded by a new leader for the last slot a previous
+	// leader claimed ahead of its instant and left no fate for, its
+	// leadership having ended without a graceful release (a crash, a
+	// cut): the slot is spent; it may or may not have fired.
+	Orphaned Reason = "claim_orphaned"
 	// NoAnswer: failed: the trigger was sent and no answer came (a
 	// reset, a timeout): the app may have run it, so it is not re-sent.
 	NoAnswer Reason = "no_answer"

@@ -87,6 +87,7 @@ const (
 	reasonClaim     = "claim_failed"
 	reasonUnknown   = "claim_unknown"
 	reasonEnded     = "leadership_ended"
+	reasonOrphaned  = "claim_orphaned" // recorded by the next leader: claimed ahead by a leader that then died
 	reasonNoAnswer  = "no_answer" // outcome failed: the app got the trigger, its answer was lost
 	labelFailed     = "failed"    // a window reason: slots whose trigger failed (outcome failed) are explained
 )
@@ -97,13 +98,15 @@ var (
 	// loses its lease or its claims (and may not know whether a claim
 	// was applied); the next leader records the gap as no_leader beyond
 	// what it catches up.
-	reasonsLeaseLoss = []string{reasonLease, reasonClaim, reasonUnknown, reasonEnded, reasonNoLeader}
+	reasonsLeaseLoss = []string{reasonLease, reasonClaim, reasonUnknown, reasonEnded, reasonNoLeader, reasonOrphaned}
 	// reasonsPaused: a paused leader wakes with its lease gone or too
 	// late for its slots; the next leader records the gap.
-	reasonsPaused = []string{reasonLease, reasonOverslept, reasonNoLeader, reasonEnded}
+	reasonsPaused = []string{reasonLease, reasonOverslept, reasonNoLeader, reasonEnded, reasonOrphaned}
 	// reasonsCrash: a dead leader records nothing; the next one records
-	// the gap as no_leader beyond what it catches up.
-	reasonsCrash = []string{reasonNoLeader}
+	// the gap as no_leader beyond what it catches up, and the dead
+	// leader's last claim made ahead of its instant as claim_orphaned
+	// when that slot has no recorded fate.
+	reasonsCrash = []string{reasonNoLeader, reasonOrphaned}
 )
 
 // window is a span of time in which a fault was in effect (with its

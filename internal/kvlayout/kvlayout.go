@@ -128,11 +128,17 @@ func (l Layout) Parse(key string) (Kind, string) {
 	return KindOther, ""
 }
 
-// LockValue is the value of P/leader while a sidecar holds it.
+// LockValue is the value of P/leader while a sidecar holds it, and after
+// it released it.
 type LockValue struct {
 	ID      string    `json:"id"`
 	Service string    `json:"service"`
 	Since   time.Time `json:"since"` // when this leadership began
+	// ReleasedAt is set by a graceful release (the drain finished, every
+	// claimed slot was fired and recorded). A free key without it was
+	// freed by Consul: the holder crashed, was cut off or lost its
+	// session, and its last claims may have no recorded fate.
+	ReleasedAt time.Time `json:"released_at,omitzero"`
 }
 
 // Claim is the value of P/jobs/<job>/last: the latest slot any leader

@@ -23,7 +23,7 @@ type claimResult struct {
 func readAll(t *testing.T, term *leader.Term, jobs []string) {
 	t.Helper()
 	for _, j := range jobs {
-		if _, err := term.LastSlot(context.Background(), j); err != nil {
+		if _, err := term.LastClaim(context.Background(), j); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -115,11 +115,11 @@ func New(client *api.Client, opts Options, log hclog.Logger) *Elector {
 // ErrSessionRejected when Consul refuses the session settings.
 func (e *Elector) Run(ctx context.Context, lead func(context.Context, *Term) error) error {
 	for {
-		s, token, err := e.acquire(ctx)
+		s, got, err := e.acquire(ctx)
 		if err != nil || s == nil {
 			return err
 		}
-		lost, err := e.hold(ctx, s, token, lead)
+		lost, err := e.hold(ctx, s, got, lead)
 		if err != nil || !lost {
 			return err
 		}
@@ -130,21 +130,21 @@ func (e *Elector) Run(ctx context.Context, lead func(context.Context, *Term) err
 // returns that session, now the caller's, with the fencing token. It
 // returns a nil session when ctx ends, and an error only when Consul
 // refuses the session settings.
-func (e *Elector) acquire(ctx context.Context) (*session, uint64, error) {
+func (e *Elector) acquire(ctx context.Context) (*session, acquired, error) {
 	c := &campaign{e: e, pause: e.newBackoff()}
 	defer c.close()
 	for ctx.Err() == nil {
 		token, err := c.attempt(ctx)
 		switch {
 		case errors.Is(err, ErrSessionRejected):
-			return nil, 0, err
+			return nil, acquired{}, err
 		case err == nil && token != 0:
-			return c.handOff(), token, nil
+			return c.handOff(), acquired{token: token, clean: c.clean}, nil
 		case err != nil && !c.sleep(ctx):
-			return nil, 0, nil
+			return nil, acquired{}, nil
 		}
 	}
-	return nil, 0, nil
+	return nil, acquired{}, nil
 }
 
 // newBackoff paces retries after failed requests: from RetryInterval,
@@ -165,6 +165,7 @@ type campaign struct {
 	s     *session
 	index uint64
 	pause *backoff.ExponentialBackOff
+	clean bool // the acquired key was released gracefully before
 }
 
 // attempt is one round: read the lock key (a blocking query while a peer
@@ -201,11 +202,12 @@ func (c *campaign) attempt(ctx context.Context) (uint64, error) {
 			return 0, c.fail(ctx, metrics.OpSessionCreate, "create session failed", err)
 		}
 	}
-	token, err := e.acquireKey(ctx, c.s)
+	got, err := e.acquireKey(ctx, c.s)
 	switch {
 	case err == nil:
 		c.pause.Reset()
-		return token, nil
+		c.clean = got.clean
+		return got.token, nil
 	case errors.Is(err, errLockDelay) || errors.Is(err, errHeld):
 		e.log.Debug("lock not acquired", "key", e.opts.Keys.Lock(), "reason", err)
 		if errors.Is(err, errLockDelay) {
@@ -296,12 +298,16 @@ var (
 
 // acquireKey takes the lock key for s in one Txn that also reads the key
 // back, so the fencing token is the index of the acquiring write itself.
-func (e *Elector) acquireKey(ctx context.Context, s *session) (uint64, error) {
+// It also reads the key's value before the lock, in the same Txn: whether
+// the previous holder released it gracefully (acquired.clean).
+func (e *Elector) acquireKey(ctx context.Context, s *session) (acquired, error) {
 	value, err := json.Marshal(kvlayout.LockValue{ID: e.opts.ID, Service: e.opts.Service, Since: time.Now().UTC()})
 	if err != nil {
-		return 0, fmt.Errorf("acquire %s: encode value: %w", e.opts.Keys.Lock(), err)
+		return acquired{}, fmt.Errorf("acquire %s: encode value: %w", e.opts.Keys.Lock(), err)
 	}
 	ops := api.TxnOps{
+		// get-tree, not get: no error when the key does not exist yet.
+		{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: e.opts.Keys.Lock()}},
 		{KV: &api.KVTxnOp{Verb: api.KVLock, Key: e.opts.Keys.Lock(), Value: value, Session: s.id}},
 		{KV: &api.KVTxnOp{Verb: api.KVGet, Key: e.opts.Keys.Lock()}},
 	}
@@ -309,38 +315,62 @@ func (e *Elector) acquireKey(ctx context.Context, s *session) (uint64, error) {
 	defer cancel()
 	ok, resp, _, err := e.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(rctx))
 	if err != nil {
-		return 0, fmt.Errorf("acquire %s: %w", e.opts.Keys.Lock(), err)
+		return acquired{}, fmt.Errorf("acquire %s: %w", e.opts.Keys.Lock(), err)
 	}
 	if !ok {
-		for _, te := range resp.Errors {
-			if containsAny(te.What, "lock delay", "lock-delay") {
-				return 0, errLockDelay
-			}
-			if denied(te.What) {
-				// Not a race lost: the token cannot write the key.
-				// Reported as a Consul error, at warn level.
-				return 0, fmt.Errorf("acquire %s: %s", e.opts.Keys.Lock(), te.What)
-			}
-		}
-		if len(resp.Errors) > 0 {
-			return 0, fmt.Errorf("%w: %s", errHeld, resp.Errors[0].What)
-		}
-		return 0, errHeld
+		return acquired{}, e.acquireRefused(resp)
 	}
-	if len(resp.Results) < 2 || resp.Results[1].KV == nil || resp.Results[1].KV.Session != s.id {
-		return 0, fmt.Errorf("acquire %s: txn did not return the held key", e.opts.Keys.Lock())
+	// Results: the previous value (absent when the key did not exist),
+	// the lock, the key as now held.
+	n := len(resp.Results)
+	if n < 2 || resp.Results[n-1].KV == nil || resp.Results[n-1].KV.Session != s.id {
+		return acquired{}, fmt.Errorf("acquire %s: txn did not return the held key", e.opts.Keys.Lock())
 	}
-	return resp.Results[1].KV.ModifyIndex, nil
+	a := acquired{token: resp.Results[n-1].KV.ModifyIndex, clean: true}
+	if n >= 3 && resp.Results[0].KV != nil && resp.Results[0].KV.Key == e.opts.Keys.Lock() {
+		var prev kvlayout.LockValue
+		// A value that does not decode was not written by a graceful
+		// release: unclean.
+		a.clean = json.Unmarshal(resp.Results[0].KV.Value, &prev) == nil && !prev.ReleasedAt.IsZero()
+	}
+	return a, nil
+}
+
+// acquired is a lock acquired: the fencing token, and whether the previous
+// holder released the key gracefully (or there was none).
+type acquired struct {
+	token uint64
+	clean bool
+}
+
+// acquireRefused says why Consul refused an acquire Txn.
+func (e *Elector) acquireRefused(resp *api.TxnResponse) error {
+	for _, te := range resp.Errors {
+		if containsAny(te.What, "lock delay", "lock-delay") {
+			return errLockDelay
+		}
+		if denied(te.What) {
+			// Not a race lost: the token cannot write the key.
+			// Reported as a Consul error, at warn level.
+			return fmt.Errorf("acquire %s: %s", e.opts.Keys.Lock(), te.What)
+		}
+	}
+	if len(resp.Errors) > 0 {
+		return fmt.Errorf("%w: %s", errHeld, resp.Errors[0].What)
+	}
+	return errHeld
 }
 
 // hold runs lead while s holds the key, then releases or abandons it. It
 // reports whether leadership was lost (rather than given up).
-func (e *Elector) hold(ctx context.Context, s *session, token uint64, lead func(context.Context, *Term) error) (bool, error) {
+func (e *Elector) hold(ctx context.Context, s *session, got acquired, lead func(context.Context, *Term) error) (bool, error) {
 	lctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	s.setOnLost(cancel)
 
+	token := got.token
 	term := newConsulTerm(e, s, token)
+	term.clean = got.clean
 	log := e.log.With("fencing_token", token)
 	log.Info("leadership acquired", "key", e.opts.Keys.Lock(), "session", s.id, "lease_remaining", s.remaining().Round(time.Millisecond))
 
@@ -422,7 +452,10 @@ func (e *Elector) monitor(ctx context.Context, s *session) {
 func (e *Elector) release(s *session, maybe bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), FinalRequestTimeout)
 	defer cancel()
-	ok, _, err := e.client.KV().Release(&api.KVPair{Key: e.opts.Keys.Lock(), Session: s.id}, (&api.WriteOptions{}).WithContext(ctx))
+	// The value says the release was graceful (see kvlayout.LockValue);
+	// Consul writes it only if s holds the key.
+	value, _ := json.Marshal(kvlayout.LockValue{ID: e.opts.ID, Service: e.opts.Service, ReleasedAt: time.Now().UTC()})
+	ok, _, err := e.client.KV().Release(&api.KVPair{Key: e.opts.Keys.Lock(), Session: s.id, Value: value}, (&api.WriteOptions{}).WithContext(ctx))
 	switch {
 	case err != nil:
 		e.opts.Metrics.ConsulError(metrics.OpRelease)

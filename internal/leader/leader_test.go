@@ -235,7 +235,7 @@ func TestClaims(t *testing.T) {
 	ctx := context.Background()
 
 	slot := time.Date(2026, 11, 22, 3, 0, 0, 0, time.UTC)
-	if last, err := term.LastSlot(ctx, "report"); err != nil || !last.IsZero() {
+	if last, err := term.LastClaim(ctx, "report"); err != nil || !last.Slot.IsZero() {
 		t.Fatalf("LastSlot on a new job = %v, %v; want zero, nil", last, err)
 	}
 	steps := []struct {
@@ -254,7 +254,7 @@ func TestClaims(t *testing.T) {
 			t.Fatalf("%s: Claim = %v, paused %v, %v; want %v, not paused, nil", s.name, got, paused, err, s.want)
 		}
 	}
-	if last, err := term.LastSlot(ctx, "report"); err != nil || !last.Equal(slot.Add(time.Minute)) {
+	if last, err := term.LastClaim(ctx, "report"); err != nil || !last.Slot.Equal(slot.Add(time.Minute)) {
 		t.Fatalf("LastSlot = %v, %v; want %v", last, err, slot.Add(time.Minute))
 	}
 
@@ -355,5 +355,43 @@ func TestLockValueIsJSON(t *testing.T) {
 	}
 	if v.ID != opts.ID || v.Service != opts.Service || v.Since.Before(before) || v.Since.After(time.Now()) {
 		t.Errorf("lock value %+v; want id %q, service %q, since about now", v, opts.ID, opts.Service)
+	}
+}
+
+// A term knows whether the leadership before it ended with a graceful
+// release (its claims all have a recorded fate) or was ended by Consul (a
+// crash, a cut, a destroyed session), read in the acquire Txn itself.
+func TestPreviousClean(t *testing.T) {
+	agent := consultest.Start(t)
+	c := client(t, agent.Addr, nil)
+	a := campaign(t, c, options("a"))
+	if term := waitTerm(t, a, 10*time.Second); !term.PreviousClean() {
+		t.Error("first leadership ever: want clean")
+	}
+	b := campaign(t, c, options("b"))
+	close(a.release) // a drains (nothing here) and releases
+	termB := waitTerm(t, b, 10*time.Second)
+	if !termB.PreviousClean() {
+		t.Error("after a graceful release: want clean")
+	}
+	a.cancel()
+	cd := campaign(t, c, options("c"))
+	// b's session is destroyed (as when its node dies): Consul frees the
+	// key without a release.
+	if _, err := c.Session().Destroy(holder(t, c, options("b").Keys.Lock()), nil); err != nil {
+		t.Fatal(err)
+	}
+	// b campaigns again too: whichever of b and c leads next.
+	select {
+	case term := <-b.terms:
+		if term.PreviousClean() {
+			t.Error("b after Consul freed the key: want unclean")
+		}
+	case term := <-cd.terms:
+		if term.PreviousClean() {
+			t.Error("c after Consul freed the key: want unclean")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no leadership within 10s of the destroy")
 	}
 }

@@ -25,6 +25,7 @@ type Term struct {
 	token uint64
 	sess  *session // nil in standalone mode: the lease never ends
 	store slotStore
+	clean bool // the previous holder released the key gracefully
 }
 
 // Token is the fencing token of this leadership.
@@ -39,11 +40,18 @@ func (t *Term) Remaining() time.Duration {
 	return t.sess.remaining()
 }
 
-// LastSlot returns the latest slot claimed for job by any leader, or the
-// zero time when none was.
-func (t *Term) LastSlot(ctx context.Context, job string) (time.Time, error) {
+// LastClaim returns the record of the latest slot claimed for job by any
+// leader; its Slot is the zero time when none was.
+func (t *Term) LastClaim(ctx context.Context, job string) (kvlayout.Claim, error) {
 	return t.store.last(ctx, job)
 }
+
+// PreviousClean reports whether the leadership before this one ended with
+// a graceful release (its drain finished, so every slot it claimed was
+// fired or recorded), or there was none. When it did not (a crash, a cut,
+// a lost session), the previous leader's last claims may have no recorded
+// fate. Always true in standalone mode.
+func (t *Term) PreviousClean() bool { return t.clean }
 
 // Claim claims slot for job. won is true only if this term moved the
 // job's last claimed slot from an earlier slot to slot; paused then reports
@@ -95,7 +103,7 @@ func (e *refusedError) NotApplied() bool { return true }
 
 // slotStore keeps each job's last claimed slot.
 type slotStore interface {
-	last(ctx context.Context, job string) (time.Time, error)
+	last(ctx context.Context, job string) (kvlayout.Claim, error)
 	claim(ctx context.Context, job string, slot time.Time, token uint64) (won, paused bool, err error)
 	take(ctx context.Context, job string, index uint64) (bool, error)
 }
@@ -190,9 +198,9 @@ func (c *consulSlots) forget(job string) {
 	delete(c.known, job)
 }
 
-func (c *consulSlots) last(ctx context.Context, job string) (time.Time, error) {
+func (c *consulSlots) last(ctx context.Context, job string) (kvlayout.Claim, error) {
 	st, err := c.read(ctx, job)
-	return st.rec.Slot, err
+	return st.rec, err
 }
 
 func (c *consulSlots) claim(ctx context.Context, job string, slot time.Time, token uint64) (won, paused bool, err error) {
@@ -385,7 +393,7 @@ func (s *Standalone) Run(ctx context.Context, lead func(context.Context, *Term) 
 	if ctx.Err() != nil {
 		return nil
 	}
-	return lead(ctx, &Term{token: s.token, store: &memorySlots{slots: map[string]time.Time{}}})
+	return lead(ctx, &Term{token: s.token, store: &memorySlots{slots: map[string]time.Time{}}, clean: true})
 }
 
 type memorySlots struct {
@@ -393,10 +401,10 @@ type memorySlots struct {
 	slots map[string]time.Time
 }
 
-func (m *memorySlots) last(_ context.Context, job string) (time.Time, error) {
+func (m *memorySlots) last(_ context.Context, job string) (kvlayout.Claim, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.slots[job], nil
+	return kvlayout.Claim{Slot: m.slots[job]}, nil
 }
 
 func (m *memorySlots) claim(_ context.Context, job string, slot time.Time, _ uint64) (won, paused bool, err error) {

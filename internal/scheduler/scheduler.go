@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/leadercron/leadercron/internal/fate"
+	"github.com/leadercron/leadercron/internal/kvlayout"
 )
 
 // Schedule yields a job's slots: Next returns the first slot after t.
@@ -45,7 +46,13 @@ type Job struct {
 type Term interface {
 	Token() uint64
 	Remaining() time.Duration
-	LastSlot(ctx context.Context, job string) (time.Time, error)
+	// LastClaim is the record of job's latest claimed slot, by any
+	// leader (a zero Slot when none was).
+	LastClaim(ctx context.Context, job string) (kvlayout.Claim, error)
+	// PreviousClean reports whether the previous leadership ended with a
+	// graceful release, after which every slot it claimed has a recorded
+	// fate.
+	PreviousClean() bool
 	// Claim claims a slot; paused reports that the job is paused, in
 	// which case the slot is spent without a trigger. An error means the
 	// outcome is unknown, unless it has a method NotApplied() bool that
@@ -146,6 +153,13 @@ type Observer interface {
 	TriggerSent(job string, delay time.Duration)
 	// TriggerDone reports how long the app took to answer a trigger.
 	TriggerDone(job string, d time.Duration)
+	// ClaimLead reports the claim lead in use (see claimLead).
+	ClaimLead(d time.Duration)
+}
+
+// Fates tells whether a slot's fate is recorded (the slot history).
+type Fates interface {
+	Recorded(ctx context.Context, job string, slot time.Time) (bool, error)
 }
 
 type nopObserver struct{}
@@ -153,6 +167,7 @@ type nopObserver struct{}
 func (nopObserver) SlotDone(string, fate.Outcome, fate.Reason) {}
 func (nopObserver) TriggerSent(string, time.Duration)          {}
 func (nopObserver) TriggerDone(string, time.Duration)          {}
+func (nopObserver) ClaimLead(time.Duration)                    {}
 
 // Options tunes a Scheduler.
 type Options struct {
@@ -166,6 +181,14 @@ type Options struct {
 	// ClaimRetry is the first pause after a claim failed with an unknown
 	// outcome; it doubles up to one second.
 	ClaimRetry time.Duration
+	// ClaimLead, if set, pins the claim lead (see claimLead) instead of
+	// letting it follow the claims' latency; 0 claims at the instant.
+	// For tests that step a fake clock from instant to instant.
+	ClaimLead func() time.Duration
+	// Fates, if set, is asked at the start of a term whether the last
+	// slot an ungracefully ended leadership claimed ahead of its instant
+	// has a recorded fate (see orphaned).
+	Fates Fates
 }
 
 // Scheduler fires jobs' slots under a Term.
@@ -177,6 +200,8 @@ type Scheduler struct {
 	log    hclog.Logger
 	opts   Options
 	groups map[string]chan struct{} // one token per group
+
+	lead *claimLead
 
 	mu       sync.Mutex
 	inflight int           // runs dispatched and not yet finished
@@ -230,7 +255,8 @@ func New(jobs []Job, app App, clock Clock, log hclog.Logger, opts Options) *Sche
 		}
 		byName[j.Name] = jobs[i]
 	}
-	return &Scheduler{jobs: jobs, byName: byName, app: app, clock: clock, log: log, opts: opts, state: st, groups: groups}
+	return &Scheduler{jobs: jobs, byName: byName, app: app, clock: clock, log: log, opts: opts, state: st, groups: groups,
+		lead: newClaimLead(opts.Observer, opts.ClaimLead)}
 }
 
 // Lead fires slots under term until ctx ends, then returns without waiting
@@ -305,10 +331,12 @@ func (s *Scheduler) Wait(ctx context.Context) bool {
 
 func (s *Scheduler) runJob(ctx context.Context, term Term, j Job) {
 	log := s.log.With("job", j.Name, "fencing_token", term.Token())
-	last, ok := s.lastSlot(ctx, term, j, log)
+	claim, ok := s.lastClaim(ctx, term, j, log)
 	if !ok {
 		return
 	}
+	s.orphaned(ctx, term, j, claim, log)
+	last := claim.Slot
 	now := s.clock.Now()
 	from := now
 	reason := fate.Overslept
@@ -335,7 +363,7 @@ func (s *Scheduler) runJob(ctx context.Context, term Term, j Job) {
 			return // a schedule that never fires again
 		}
 		s.setNext(j.Name, slot)
-		if !s.sleepUntil(ctx, j.Name, slot) {
+		if !s.sleepUntil(ctx, j.Name, slot.Add(-s.lead.get())) {
 			return
 		}
 		slot, ok = s.latestDue(log, j, slot, reason, term.Token())
@@ -344,34 +372,96 @@ func (s *Scheduler) runJob(ctx context.Context, term Term, j Job) {
 		if !ok {
 			continue
 		}
-		if rem := term.Remaining(); rem < s.opts.LeaseMargin {
-			s.finish(log, j, LastRun{Slot: slot, Outcome: fate.Missed, Reason: fate.Lease, FencingToken: term.Token()})
-			continue
-		}
-		won, paused, done := s.claim(ctx, term, j, slot, log)
+		next, done := s.fireSlot(ctx, term, j, slot, log)
 		if done {
 			return
 		}
-		if !won {
-			// Claimed already, by us in an earlier term or by a peer
-			// whose clock is ahead: continue after the latest record.
-			if last, ok := s.lastSlot(ctx, term, j, log); ok && last.After(from) {
-				from = last
-			}
-			continue
+		if next.After(from) {
+			from = next
 		}
-		if paused {
-			s.finish(log, j, LastRun{Slot: slot, Outcome: fate.Skipped, Reason: fate.Paused, FencingToken: term.Token()})
-			continue
-		}
-		if rem := term.Remaining(); rem < s.opts.LeaseMargin {
-			// The slot is spent (at most once), but this leader may no
-			// longer act on it.
-			s.finish(log, j, LastRun{Slot: slot, Outcome: fate.Missed, Reason: fate.Lease, FencingToken: term.Token()})
-			continue
-		}
-		s.dispatch(ctx, term, log, j, slot, "")
 	}
+}
+
+// fireSlot claims slot, early when the lease covers its instant (see
+// claimLead), and fires it at its instant. A claimed slot is fired even if
+// the leadership ends in between (a stop fires it inside the drain), as
+// long as the lease has its margin at the instant; otherwise it is
+// recorded as missed, lease_short. It returns where the job's loop goes
+// on from (a later slot someone else claimed), and done when the
+// leadership is over.
+func (s *Scheduler) fireSlot(ctx context.Context, term Term, j Job, slot time.Time, log hclog.Logger) (time.Time, bool) {
+	if !s.leaseCovers(term, j.Name, slot) {
+		// Too little lease to claim ahead: wait for the instant, when
+		// renewals may have restored it, and decide then.
+		if !s.sleepUntil(ctx, j.Name, slot) {
+			return time.Time{}, true
+		}
+		if term.Remaining() < s.opts.LeaseMargin {
+			s.finish(log, j, LastRun{Slot: slot, Outcome: fate.Missed, Reason: fate.Lease, FencingToken: term.Token()})
+			return time.Time{}, false
+		}
+	}
+	won, paused, done := s.claim(ctx, term, j, slot, log)
+	if done {
+		return time.Time{}, true
+	}
+	if !won {
+		// Claimed already, by us in an earlier term or by a peer whose
+		// clock is ahead: continue after the latest record.
+		last, _ := s.lastClaim(ctx, term, j, log)
+		return last.Slot, false
+	}
+	if paused {
+		s.finish(log, j, LastRun{Slot: slot, Outcome: fate.Skipped, Reason: fate.Paused, FencingToken: term.Token()})
+		return time.Time{}, false
+	}
+	// The slot is spent (at most once): wait for its instant, at most
+	// the claim lead, whatever happens to the leadership meanwhile.
+	s.sleepUntil(context.WithoutCancel(ctx), j.Name, slot)
+	if term.Remaining() < s.opts.LeaseMargin {
+		// This leader may no longer act on it.
+		s.finish(log, j, LastRun{Slot: slot, Outcome: fate.Missed, Reason: fate.Lease, FencingToken: term.Token()})
+		return time.Time{}, false
+	}
+	s.dispatch(ctx, term, log, j, slot, "")
+	return time.Time{}, false
+}
+
+// fatesTimeout bounds the one history read of the orphan check: a healthy
+// agent answers in milliseconds, and the job's first slot of the term waits
+// for it.
+const fatesTimeout = 2 * time.Second
+
+// leaseCovers reports whether the lease will still have its margin at
+// slot's instant, so that the slot may be claimed ahead of it.
+func (s *Scheduler) leaseCovers(term Term, job string, slot time.Time) bool {
+	return term.Remaining()-max(slot.Sub(s.fleetNow(job)), 0) >= s.opts.LeaseMargin
+}
+
+// orphaned records, at the start of a term, the last slot of j that a
+// previous leader claimed ahead of its instant if that leadership did not
+// end with a graceful release and the slot has no recorded fate: the
+// leader may have died between its claim and the instant. The slot is
+// spent (the claim is there, so nobody fires it again); the entry, missed
+// with reason claim_orphaned, says so. The old leader may have fired it
+// and died before recording it: the reason says "unknown", not "lost".
+func (s *Scheduler) orphaned(ctx context.Context, term Term, j Job, c kvlayout.Claim, log hclog.Logger) {
+	if s.opts.Fates == nil || term.PreviousClean() || c.Slot.IsZero() || c.FencingToken == term.Token() ||
+		!c.ClaimedAt.Before(c.Slot) {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, fatesTimeout)
+	recorded, err := s.opts.Fates.Recorded(rctx, j.Name, c.Slot)
+	cancel()
+	if err != nil {
+		log.Warn("read the history of the previous leader's last claim failed: recorded as orphaned", "slot", slotString(c.Slot), "error", err)
+	}
+	if recorded {
+		return
+	}
+	log.Warn("the previous leader claimed a slot ahead of its instant and left no fate for it: it may not have fired",
+		"slot", slotString(c.Slot), "claimed_by", c.ID, "claim_token", c.FencingToken)
+	s.finish(log, j, LastRun{Slot: c.Slot, Outcome: fate.Missed, Reason: fate.Orphaned, FencingToken: term.Token()})
 }
 
 // catchUpFrom is where a new term starts looking for j's slots, given the
@@ -423,8 +513,10 @@ func (s *Scheduler) claim(ctx context.Context, term Term, j Job, slot time.Time,
 	defer cancel()
 	defer context.AfterFunc(ctx, func() { time.AfterFunc(ClaimGraceAtStop, cancel) })()
 	for attempt := 1; ; attempt++ {
+		start := s.clock.Now()
 		won, paused, err := term.Claim(cctx, j.Name, slot)
 		if err == nil {
+			s.lead.observe(s.clock.Now().Sub(start))
 			return won, paused, false
 		}
 		ended := ctx.Err() != nil
@@ -456,20 +548,20 @@ func (s *Scheduler) claim(ctx context.Context, term Term, j Job, slot time.Time,
 	}
 }
 
-func (s *Scheduler) lastSlot(ctx context.Context, term Term, j Job, log hclog.Logger) (time.Time, bool) {
+func (s *Scheduler) lastClaim(ctx context.Context, term Term, j Job, log hclog.Logger) (kvlayout.Claim, bool) {
 	wait := s.opts.ClaimRetry
 	for {
-		last, err := term.LastSlot(ctx, j.Name)
+		last, err := term.LastClaim(ctx, j.Name)
 		if err == nil {
 			return last, true
 		}
 		if ctx.Err() != nil {
-			return time.Time{}, false
+			return kvlayout.Claim{}, false
 		}
 		log.Warn("read last slot failed", "error", err)
 		select {
 		case <-ctx.Done():
-			return time.Time{}, false
+			return kvlayout.Claim{}, false
 		case <-s.clock.After(wait):
 		}
 		wait = min(2*wait, time.Second)

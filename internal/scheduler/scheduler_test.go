@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/leadercron/leadercron/internal/fate"
+	"github.com/leadercron/leadercron/internal/kvlayout"
 )
 
 // t0 is where the fake clock starts: a multiple of every period used below.
@@ -69,6 +70,11 @@ type fakeTerm struct {
 	// got an error: like leader.Term, a retry reports them won, once.
 	unknownWins map[string]time.Time
 	claimErr    error // what failing claims return; errClaim if nil
+	// records are claim records to return from LastClaim (a previous
+	// leader's, for the orphan tests) while last[job] matches their slot;
+	// unclean makes PreviousClean false.
+	records map[string]kvlayout.Claim
+	unclean bool
 }
 
 var (
@@ -93,18 +99,27 @@ func (f *fakeTerm) Remaining() time.Duration {
 	return f.remaining
 }
 
-func (f *fakeTerm) LastSlot(ctx context.Context, job string) (time.Time, error) {
+func (f *fakeTerm) LastClaim(ctx context.Context, job string) (kvlayout.Claim, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.lastSlots++
 	if err := ctx.Err(); err != nil {
-		return time.Time{}, err
+		return kvlayout.Claim{}, err
 	}
 	if f.lastSlotErrs > 0 {
 		f.lastSlotErrs--
-		return time.Time{}, errLastSlot
+		return kvlayout.Claim{}, errLastSlot
 	}
-	return f.last[job], nil
+	if c, ok := f.records[job]; ok && c.Slot.Equal(f.last[job]) {
+		return c, nil // a record with a previous leader's token (orphan tests)
+	}
+	return kvlayout.Claim{Slot: f.last[job]}, nil
+}
+
+func (f *fakeTerm) PreviousClean() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return !f.unclean
 }
 
 func (f *fakeTerm) Claim(ctx context.Context, job string, slot time.Time) (won, paused bool, err error) {
@@ -305,6 +320,12 @@ func newHarness(t *testing.T, jobs []Job, opts Options) *harness {
 		clock: newFakeClock(t0),
 		term:  newFakeTerm(42),
 		app:   newFakeApp(),
+	}
+	if opts.ClaimLead == nil {
+		// These tests step the fake clock from instant to instant:
+		// claims at the instant, as before claims moved ahead of it
+		// (the early claim has tests of its own).
+		opts.ClaimLead = func() time.Duration { return 0 }
 	}
 	h.s = New(jobs, h.app, h.clock, hclog.NewNullLogger(), opts)
 	t.Cleanup(func() {

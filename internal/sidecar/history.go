@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -133,4 +134,18 @@ func (h *historyWriter) close(timeout time.Duration) {
 	case <-t.C:
 		h.log.Warn("history not fully written at shutdown", "pending", len(h.queue))
 	}
+}
+
+// historyFates answers scheduler.Fates from the ledger's history.
+type historyFates struct{ l Ledger }
+
+// Recorded reports whether job's history holds a fate for scheduled slot.
+func (f historyFates) Recorded(ctx context.Context, job string, slot time.Time) (bool, error) {
+	list, err := f.l.History(ctx, job)
+	if err != nil {
+		return false, err
+	}
+	return slices.ContainsFunc(list, func(e kvlayout.Entry) bool {
+		return !e.RunNow && (e.Slot.Equal(slot) || !e.Until.IsZero() && !slot.Before(e.Slot) && !slot.After(e.Until))
+	}), nil
 }

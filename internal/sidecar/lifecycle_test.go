@@ -191,7 +191,11 @@ type fakeTerm struct {
 func (t *fakeTerm) Token() uint64            { return t.token }
 func (t *fakeTerm) Remaining() time.Duration { return time.Hour }
 
-func (t *fakeTerm) LastSlot(context.Context, string) (time.Time, error) { return time.Time{}, nil }
+func (t *fakeTerm) LastClaim(context.Context, string) (kvlayout.Claim, error) {
+	return kvlayout.Claim{}, nil
+}
+
+func (t *fakeTerm) PreviousClean() bool { return true }
 
 func (t *fakeTerm) Claim(_ context.Context, job string, slot time.Time) (bool, bool, error) {
 	t.mu.Lock()
@@ -266,6 +270,8 @@ func (l *fakeLedger) AppendAll(_ context.Context, entries map[string][]kvlayout.
 func (l *fakeLedger) Snapshot(context.Context) (ledger.Fleet, error) { return ledger.Fleet{}, nil }
 
 func (l *fakeLedger) MarkRequests(context.Context) error { return nil }
+
+func (l *fakeLedger) History(context.Context, string) ([]kvlayout.Entry, error) { return nil, nil }
 
 // never is a schedule with no slot in the tests' lifetime: triggers come
 // from run-now requests only.

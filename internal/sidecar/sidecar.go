@@ -43,6 +43,8 @@ type Term interface {
 type Ledger interface {
 	// AppendAll records slot fates, by job; idempotent.
 	AppendAll(ctx context.Context, entries map[string][]kvlayout.Entry) error
+	// History is job's recorded slot fates, newest slot first.
+	History(ctx context.Context, job string) ([]kvlayout.Entry, error)
 	// Requests lists pending run-now requests; with waitIndex > 0 it
 	// blocks until they change or about ledger.RequestsWait passes.
 	Requests(ctx context.Context, waitIndex uint64) ([]kvlayout.Request, uint64, error)
@@ -105,6 +107,7 @@ func New(cfg config.Config, d Deps) *Sidecar {
 	if d.Ledger != nil {
 		s.history = newHistoryWriter(d.Ledger, cfg.ID, d.Log.Named("history"))
 		opts.Recorder = s.history
+		opts.Fates = historyFates{d.Ledger}
 	}
 	if cfg.AppHealthURL != nil {
 		s.gate = newHealthGate(d.AppClient, cfg, d.Log.Named("health"))
