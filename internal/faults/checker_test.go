@@ -88,8 +88,8 @@ const (
 	reasonUnknown   = "claim_unknown"
 	reasonEnded     = "leadership_ended"
 	reasonOrphaned  = "claim_orphaned" // recorded by the next leader: claimed ahead by a leader that then died
-	reasonNoAnswer  = "no_answer" // outcome failed: the app got the trigger, its answer was lost
-	labelFailed     = "failed"    // a window reason: slots whose trigger failed (outcome failed) are explained
+	reasonNoAnswer  = "no_answer"      // outcome failed: the app got the trigger, its answer was lost
+	labelFailed     = "failed"         // a window reason: slots whose trigger failed (outcome failed) are explained
 )
 
 // Reason sets for windows, by the fault that may produce them.
