@@ -139,8 +139,22 @@ func TestCheckBinary(t *testing.T) {
 			t.Errorf("checkBinary(%s) = %v, want an error naming -leadercron-bin and saying %q", path, err, want)
 		}
 	}
-	if v := binaryVersion(context.Background(), exe); v != "leadercron v0" {
-		t.Errorf("binaryVersion = %q", v)
+	if v, err := binaryVersion(context.Background(), exe); err != nil || v != "leadercron v0" {
+		t.Errorf("binaryVersion = %q, %v", v, err)
+	}
+	old := filepath.Join(dir, "old")
+	if err := os.WriteFile(old, []byte("#!/bin/sh\necho unknown command >&2\nexit 2\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := binaryVersion(context.Background(), old); err != nil || !strings.HasPrefix(v, "version: unknown") {
+		t.Errorf("binaryVersion of a build without the command = %q, %v; want unknown and no error", v, err)
+	}
+	data := filepath.Join(dir, "data")
+	if err := os.WriteFile(data, []byte("not a program\x00\x01"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := binaryVersion(context.Background(), data); err == nil || !strings.Contains(err.Error(), "does not run") {
+		t.Errorf("binaryVersion of an executable data file: %v, want an error saying it does not run", err)
 	}
 }
 

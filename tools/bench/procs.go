@@ -20,8 +20,15 @@ func binaries(ctx context.Context, root, dir, lcBin string) (lc, nv, origin stri
 	pkgs := []string{"./tools/naive/cmd/naive-leader"}
 	if lcBin == "" {
 		pkgs = append(pkgs, ".")
-	} else if lc, err = checkBinary(lcBin); err != nil {
-		return "", "", "", err
+	} else {
+		if lc, err = checkBinary(lcBin); err != nil {
+			return "", "", "", err
+		}
+		v, err := binaryVersion(ctx, lc)
+		if err != nil {
+			return "", "", "", err
+		}
+		origin = "prebuilt " + lc + " (`" + v + "`)"
 	}
 	logf("building %s (CGO_ENABLED=0 -trimpath -ldflags '-s -w')", strings.Join(pkgs, " and "))
 	built, err := buildBinaries(ctx, root, dir, pkgs)
@@ -31,11 +38,13 @@ func binaries(ctx context.Context, root, dir, lcBin string) (lc, nv, origin stri
 	nv = built[pkgs[0]]
 	if lcBin == "" {
 		lc = built["."]
-		origin = "built from the tree, " + treeRevision(root)
-	} else {
-		origin = "prebuilt " + lc
+		v, err := binaryVersion(ctx, lc)
+		if err != nil {
+			return "", "", "", err
+		}
+		origin = "built from the tree, " + treeRevision(root) + " (`" + v + "`)"
 	}
-	return lc, nv, origin + " (`" + binaryVersion(ctx, lc) + "`)", nil
+	return lc, nv, origin, nil
 }
 
 // checkBinary says why path cannot be the leadercron binary to measure,
@@ -49,8 +58,10 @@ func checkBinary(path string) (string, error) {
 	switch {
 	case err != nil:
 		return "", fmt.Errorf("-leadercron-bin %q: %w", path, err)
+	case st.IsDir():
+		return "", fmt.Errorf("-leadercron-bin %q: a directory, not a regular file; give the path of a leadercron binary", path)
 	case !st.Mode().IsRegular():
-		return "", fmt.Errorf("-leadercron-bin %q: not a regular file (it is %s); give the path of a leadercron binary", path, st.Mode().Type())
+		return "", fmt.Errorf("-leadercron-bin %q: not a regular file (mode %s); give the path of a leadercron binary", path, st.Mode())
 	case st.Mode().Perm()&0o111 == 0:
 		return "", fmt.Errorf("-leadercron-bin %q: not executable (mode %s); chmod +x it", path, st.Mode().Perm())
 	}
@@ -72,16 +83,22 @@ func treeRevision(root string) string {
 }
 
 // binaryVersion is what `leadercron version` prints, or says why there
-// is nothing (a build that predates the command, say).
-func binaryVersion(ctx context.Context, bin string) string {
+// is nothing (a build that predates the command, say). It fails only when
+// bin cannot be run at all (not a binary for this machine, say), so that
+// a wrong -leadercron-bin stops the bench before the first scenario.
+func binaryVersion(ctx context.Context, bin string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, bin, "version").Output()
-	if err != nil {
-		return "version: unknown, " + err.Error()
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &exit) || ctx.Err() != nil:
+		return "version: unknown, `version` " + err.Error(), nil
+	case err != nil:
+		return "", fmt.Errorf("leadercron binary %s does not run: %w", bin, err)
 	}
 	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
-	return line
+	return line, nil
 }
 
 // buildBinaries builds the packages (module paths relative to root) with
