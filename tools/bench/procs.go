@@ -10,21 +10,116 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
-// buildBinaries builds leadercron and the naive leader with release flags
-// into dir, and returns their paths.
-func buildBinaries(ctx context.Context, root, dir string) (lc, nv string, err error) {
-	lc, nv = filepath.Join(dir, "leadercron"), filepath.Join(dir, "naive-leader")
-	for _, b := range []struct{ out, pkg string }{{lc, "."}, {nv, "./tools/naive/cmd/naive-leader"}} {
-		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", b.out, b.pkg)
+// binaries returns the leadercron and naive binaries to benchmark, and
+// says where the leadercron one comes from. The naive leader is always
+// built from the tree; leadercron too, unless lcBin names a prebuilt one.
+func binaries(ctx context.Context, root, dir, lcBin string) (lc, nv, origin string, err error) {
+	pkgs := []string{"./tools/naive/cmd/naive-leader"}
+	if lcBin == "" {
+		pkgs = append(pkgs, ".")
+	} else {
+		if lc, err = checkBinary(lcBin); err != nil {
+			return "", "", "", err
+		}
+		v, err := binaryVersion(ctx, lc)
+		if err != nil {
+			return "", "", "", err
+		}
+		origin = "prebuilt " + lc + " (`" + v + "`)"
+	}
+	logf("building %s (CGO_ENABLED=0 -trimpath -ldflags '-s -w')", strings.Join(pkgs, " and "))
+	built, err := buildBinaries(ctx, root, dir, pkgs)
+	if err != nil {
+		return "", "", "", err
+	}
+	nv = built[pkgs[0]]
+	if lcBin == "" {
+		lc = built["."]
+		v, err := binaryVersion(ctx, lc)
+		if err != nil {
+			return "", "", "", err
+		}
+		origin = "built from the tree, " + treeRevision(root) + " (`" + v + "`)"
+	}
+	return lc, nv, origin, nil
+}
+
+// checkBinary says why path cannot be the leadercron binary to measure,
+// or returns it made absolute.
+func checkBinary(path string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", fmt.Errorf("-leadercron-bin %q: %w", path, err)
+	}
+	st, err := os.Stat(abs)
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("-leadercron-bin %q: %w", path, err)
+	case st.IsDir():
+		return "", fmt.Errorf("-leadercron-bin %q: a directory, not a regular file; give the path of a leadercron binary", path)
+	case !st.Mode().IsRegular():
+		return "", fmt.Errorf("-leadercron-bin %q: not a regular file (mode %s); give the path of a leadercron binary", path, st.Mode())
+	case st.Mode().Perm()&0o111 == 0:
+		return "", fmt.Errorf("-leadercron-bin %q: not executable (mode %s); chmod +x it", path, st.Mode().Perm())
+	}
+	return abs, nil
+}
+
+// treeRevision names the tree's commit, and says when the tree differs
+// from it.
+func treeRevision(root string) string {
+	rev, err := exec.Command("git", "-C", root, "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "commit unknown (not a git checkout?)"
+	}
+	s := "commit " + strings.TrimSpace(string(rev))
+	if st, err := exec.Command("git", "-C", root, "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(bytes.TrimSpace(st)) > 0 {
+		s += " with uncommitted changes"
+	}
+	return s
+}
+
+// binaryVersion is what `leadercron version` prints, or says why there
+// is nothing (a build that predates the command, say). It fails only when
+// bin cannot be run at all (not a binary for this machine, say), so that
+// a wrong -leadercron-bin stops the bench before the first scenario.
+func binaryVersion(ctx context.Context, bin string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, "version").Output()
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &exit) || ctx.Err() != nil:
+		return "version: unknown, `version` " + err.Error(), nil
+	case err != nil:
+		return "", fmt.Errorf("leadercron binary %s does not run: %w", bin, err)
+	}
+	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	return line, nil
+}
+
+// buildBinaries builds the packages (module paths relative to root) with
+// release flags into dir, and returns each one's binary by package.
+func buildBinaries(ctx context.Context, root, dir string, pkgs []string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, pkg := range pkgs {
+		name := filepath.Base(pkg)
+		if pkg == "." {
+			name = "leadercron"
+		}
+		bin := filepath.Join(dir, name)
+		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, pkg)
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return "", "", fmt.Errorf("build %s: %w: %s", b.pkg, err, out)
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("build %s: %w: %s", pkg, err, msg)
 		}
+		out[pkg] = bin
 	}
-	return lc, nv, nil
+	return out, nil
 }
 
 // usage is what /proc says about a process.

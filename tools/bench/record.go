@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -60,21 +61,38 @@ type proxy struct {
 	byKind map[string]int64 // "GET /v1/kv/…/last", "PUT /v1/session/renew", …
 }
 
-// kind names a Consul request without its ids and key prefix: method,
-// API, the key's last segment for KV, and whether it blocks.
+// kind names a Consul request without its ids, job names and key prefix:
+// method, API, the key under the fleet's prefix for KV (with <job> or <id>
+// for the job's or member's segment), and whether it blocks.
 func kind(r *http.Request) string {
 	parts := strings.Split(strings.TrimPrefix(r.URL.Path, "/v1/"), "/")
 	k := r.Method + " /v1/" + parts[0]
 	switch {
+	case parts[0] == "kv" && len(parts) > 3: // kv/bench/<fleet>/…
+		k += "/…/" + kvKind(parts[3:])
 	case parts[0] == "kv" && len(parts) > 1:
 		k += "/…/" + parts[len(parts)-1]
-	case len(parts) > 1 && parts[0] != "kv":
+	case len(parts) > 1:
 		k += "/" + parts[1]
 	}
 	if r.URL.Query().Has("index") {
 		k += " (blocking)"
 	}
 	return k
+}
+
+// kvKind is a key under a fleet's prefix (kvlayout) with the job's or
+// member's segment replaced: jobs/<job>/last, history/<job>,
+// requests/<job>, fleet/members/<id>; requests/ stays as it is.
+func kvKind(rest []string) string {
+	rest = slices.Clone(rest)
+	switch {
+	case rest[0] == "fleet" && len(rest) > 2 && rest[2] != "":
+		rest[2] = "<id>"
+	case rest[0] != "fleet" && len(rest) > 1 && rest[1] != "":
+		rest[1] = "<job>"
+	}
+	return strings.Join(rest, "/")
 }
 
 // kinds returns the requests counted so far by kind.

@@ -54,10 +54,11 @@ type fleet struct {
 }
 
 type member struct {
-	name string
-	p    *testkit.Process
-	px   *proxy
-	app  *testkit.App
+	name  string
+	p     *testkit.Process
+	px    *proxy
+	app   *testkit.App
+	admin string // leadercron's admin address (LEADERCRON_LISTEN), serving /metrics
 }
 
 func (e *env) newFleet(impl, scenario string) *fleet {
@@ -93,9 +94,10 @@ func (f *fleet) add(name string, jobs map[string]string) (*member, error) {
 			m.close()
 			return nil, err
 		}
+		m.admin = fmt.Sprintf("127.0.0.1:%d", ports[0])
 		envv := append(base,
 			"LEADERCRON_SERVICE=bench", "LEADERCRON_KV_PREFIX="+f.prefix, "LEADERCRON_ID="+id,
-			"LEADERCRON_APP_URL="+a.URL, fmt.Sprintf("LEADERCRON_LISTEN=127.0.0.1:%d", ports[0]),
+			"LEADERCRON_APP_URL="+a.URL, "LEADERCRON_LISTEN="+m.admin,
 			"LEADERCRON_SESSION_TTL="+f.e.ttl.String(), "LEADERCRON_LOCK_DELAY="+f.e.delay.String(),
 			"LEADERCRON_LOG_LEVEL=warn")
 		for job, spec := range jobs {
@@ -196,14 +198,6 @@ func (f *fleet) awaitTrigger(ctx context.Context, from string, after time.Time) 
 // tickJob is one job due every second.
 var tickJob = map[string]string{"tick": "* * * * * *"}
 
-func everySecond(n int) map[string]string {
-	jobs := map[string]string{}
-	for i := range n {
-		jobs[fmt.Sprintf("j%02d", i)] = "* * * * * *"
-	}
-	return jobs
-}
-
 // sleepUntil waits for a wall-clock instant that bounds a measurement window.
 func sleepUntil(ctx context.Context, t time.Time) error {
 	select {
@@ -261,46 +255,6 @@ func quantile(sorted []float64, q float64) float64 {
 
 func perMin(n int64, d time.Duration) float64 { return float64(n) / d.Minutes() }
 
-// slotDelay runs a leader and a standby with nJobs jobs every second and
-// measures slot delay and Consul load over dur.
-func (e *env) slotDelay(ctx context.Context, impl string, nJobs int, dur time.Duration, fig figures) error {
-	f := e.newFleet(impl, "delay")
-	defer f.close()
-	ctx, cancel := context.WithTimeoutCause(ctx, dur+60*time.Second, errors.New("slot delay scenario timed out"))
-	defer cancel()
-	a, b, _, err := f.leaderAndStandby(ctx, everySecond(nJobs), true)
-	if err != nil {
-		return err
-	}
-	start := time.Now().Truncate(time.Second).Add(2 * time.Second)
-	end := start.Add(dur)
-	if err := sleepUntil(ctx, start); err != nil {
-		return err
-	}
-	ca, cb, ka := a.px.counts(), b.px.counts(), a.px.kinds()
-	if err := sleepUntil(ctx, end.Add(500*time.Millisecond)); err != nil {
-		return err
-	}
-	el := time.Since(start)
-	da := a.px.counts().sub(ca)
-	fig["busy_load_leader"] = perMin(da.total, el)
-	fig["busy_load_standby"] = perMin(b.px.counts().sub(cb).total, el)
-	ts := triggers(f.rec)
-	if err := delays(ts, start, end, nJobs*int(dur/time.Second), fig, "delay_"); err != nil {
-		return fmt.Errorf("%s slot delay: %w%s", impl, err, f.diag())
-	}
-	// The request window [start, end+0.5s] holds the slots of [start, end].
-	fired := float64(len(slices.DeleteFunc(ts, func(t trigger) bool { return t.Slot.Before(start) || t.Slot.After(end) })))
-	fig["requests_per_slot"] = float64(da.total) / fired
-	logKinds(impl+" leader, Consul requests per slot fired, by kind", ka, a.px.kinds(), fired)
-	for _, t := range ts {
-		if t.App != "a" && !t.Slot.Before(start) && t.Slot.Before(end) {
-			return fmt.Errorf("%s slot delay: standby %s triggered slot %s", impl, t.App, t.Slot)
-		}
-	}
-	return nil
-}
-
 // idle runs an idle leader and standby (one hourly job) and measures
 // their memory, CPU and Consul requests over dur.
 func (e *env) idle(ctx context.Context, impl string, dur time.Duration, fig figures) error {
@@ -348,24 +302,42 @@ func (e *env) idle(ctx context.Context, impl string, dur time.Duration, fig figu
 // lock (returning its session), then starts "b", waits (if fires) for a
 // trigger from "a", and waits until "b" is a standby.
 func (f *fleet) leaderAndStandby(ctx context.Context, jobs map[string]string, fires bool) (a, b *member, session string, err error) {
+	a, bs, session, err := f.leaderAndStandbys(ctx, jobs, 1, fires)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	return a, bs[0], session, nil
+}
+
+// leaderAndStandbys is leaderAndStandby with n standbys: "b" when n is 1,
+// else "b00", "b01", ….
+func (f *fleet) leaderAndStandbys(ctx context.Context, jobs map[string]string, n int, fires bool) (a *member, bs []*member, session string, err error) {
 	if a, err = f.add("a", jobs); err != nil {
 		return nil, nil, "", err
 	}
 	if session, err = f.awaitHolder(ctx); err != nil {
 		return nil, nil, "", err
 	}
-	if b, err = f.add("b", jobs); err != nil {
-		return nil, nil, "", err
+	for i := range n {
+		name := "b"
+		if n > 1 {
+			name = fmt.Sprintf("b%02d", i)
+		}
+		b, err := f.add(name, jobs)
+		if err != nil {
+			return nil, nil, "", err
+		}
+		bs = append(bs, b)
 	}
 	if fires {
 		if _, err := f.awaitTrigger(ctx, "a", time.Time{}); err != nil {
 			return nil, nil, "", err
 		}
 	}
-	if err := f.awaitStandby(ctx, b); err != nil {
+	if err := f.awaitStandby(ctx, bs...); err != nil {
 		return nil, nil, "", err
 	}
-	return a, b, session, nil
+	return a, bs, session, nil
 }
 
 // handover measures a graceful handover: SIGTERM of an idle leader, until
@@ -459,87 +431,6 @@ func slotGap(ts []trigger) float64 {
 		}
 	}
 	return firstB.Sub(lastA).Seconds() - 1
-}
-
-// scale runs one leader with nJobs jobs (each every period seconds,
-// spread over the seconds) and nStandby standbys, and measures over dur.
-func (e *env) scale(ctx context.Context, impl string, nJobs, nStandby, period int, dur time.Duration, fig figures) error {
-	f := e.newFleet(impl, "scale")
-	defer f.close()
-	ctx, cancel := context.WithTimeoutCause(ctx, dur+120*time.Second, errors.New("scale scenario timed out"))
-	defer cancel()
-	jobs := map[string]string{}
-	for i := range nJobs {
-		jobs[fmt.Sprintf("s%04d", i)] = fmt.Sprintf("%d/%d * * * * *", i%period, period)
-	}
-	a, err := f.add("a", jobs)
-	if err != nil {
-		return err
-	}
-	if _, err := f.awaitHolder(ctx); err != nil {
-		return err
-	}
-	var standbys []*member
-	for i := range nStandby {
-		m, err := f.add(fmt.Sprintf("b%02d", i), jobs)
-		if err != nil {
-			return err
-		}
-		standbys = append(standbys, m)
-	}
-	if _, err := f.awaitTrigger(ctx, "a", time.Time{}); err != nil {
-		return err
-	}
-	if err := f.awaitStandby(ctx, standbys...); err != nil {
-		return err
-	}
-	p := time.Duration(period) * time.Second
-	start := time.Now().Truncate(p).Add(p)
-	end := start.Add(dur)
-	if err := sleepUntil(ctx, start); err != nil {
-		return err
-	}
-	ua, err := readUsage(a.p.Pid())
-	if err != nil {
-		return err
-	}
-	ca := a.px.counts()
-	cs := make([]counts, len(standbys))
-	for i, m := range standbys {
-		cs[i] = m.px.counts()
-	}
-	if err := sleepUntil(ctx, end.Add(time.Second)); err != nil {
-		return err
-	}
-	el := time.Since(start)
-	ua2, err := readUsage(a.p.Pid())
-	if err != nil {
-		return err
-	}
-	var rss, load []float64
-	var total int64
-	for i, m := range standbys {
-		u, err := readUsage(m.p.Pid())
-		if err != nil {
-			return err
-		}
-		rss = append(rss, float64(u.rssKB)/1024)
-		d := m.px.counts().sub(cs[i])
-		load = append(load, perMin(d.total, el))
-		total += d.total
-	}
-	dl := a.px.counts().sub(ca).total
-	fig["scale_rss_leader"] = float64(ua2.rssKB) / 1024
-	fig["scale_cpu_leader"] = float64(ua2.ticks-ua.ticks) / clockTicks / el.Seconds() * 100
-	fig["scale_rss_standby"] = median(rss)
-	fig["scale_load_leader"] = perMin(dl, el)
-	fig["scale_load_standby"] = median(load)
-	fig["scale_load_total"] = perMin(dl+total, el)
-	ts := triggers(f.rec)
-	if err := delays(ts, start, end, nJobs*int(dur/time.Second)/period, fig, "scale_"); err != nil {
-		return fmt.Errorf("%s scale: %w%s", impl, err, f.diag())
-	}
-	return nil
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
