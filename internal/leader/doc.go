@@ -33,7 +33,15 @@
 //   - Claim moves <prefix>/jobs/<job>/last forward to a slot in one Txn that
 //     also checks that the session still holds the lock key, so a slot is
 //     claimed at most once across the fleet whatever the sidecars' clocks
-//     say.
+//     say. Claims made within a millisecond share one Txn (batch.go): one
+//     check-session, then a check-and-set per job; a refused Txn names the
+//     ops that failed, those claims are answered (a lost race or a
+//     denial) and the others are sent again, so one conflict never costs
+//     another job its slot.
+//   - A graceful release writes released_at into the lock value, and the
+//     acquire Txn reads the value it replaces: Term.PreviousClean tells a
+//     new leader whether the leadership before it ended cleanly (every
+//     slot it claimed fired or recorded) or was ended by Consul.
 //   - Every write has three outcomes and the third is resolved, not
 //     guessed. A claim or a run-now take whose answer was lost is retried
 //     by re-reading: a claim record holding this term's slot, token and id
