@@ -644,21 +644,26 @@ func TestSigtermDuringAcquire(t *testing.T) {
 }
 
 // ambMarkClaim returns an OnApplied hook that records, for sidecar id, the
-// job and slot of a claim Consul applied and whose answer is about to be
-// lost.
+// job and slot of every claim of a claim Txn (a batch: the claims due
+// together) that Consul applied and whose answer is about to be lost.
 func ambMarkClaim(h *history, id string, loss consultest.Loss) func(consultest.Request) {
 	return func(r consultest.Request) {
-		job, slot, ok := ambClaimOf(r.Body)
-		if !ok {
-			return
+		claims := ambClaimsOf(r.Body)
+		for _, c := range claims {
+			h.Add(event{Kind: "ambiguous", Sidecar: id, Job: c.job, Slot: c.slot,
+				Note: fmt.Sprintf("claim applied, answer lost (%s), batch of %d", loss, len(claims))})
 		}
-		h.Add(event{Kind: "ambiguous", Sidecar: id, Job: job, Slot: slot, Note: "claim applied, answer lost (" + loss.String() + ")"})
 	}
 }
 
-// ambClaimOf reads the job and slot of a claim Txn from its body: the cas on
-// <prefix>/jobs/<job>/last, whose value holds the slot.
-func ambClaimOf(body []byte) (string, time.Time, bool) {
+type ambClaim struct {
+	job  string
+	slot time.Time
+}
+
+// ambClaimsOf reads the jobs and slots of a claim Txn from its body: each
+// cas on <prefix>/jobs/<job>/last, whose value holds the slot.
+func ambClaimsOf(body []byte) []ambClaim {
 	var ops []struct {
 		KV *struct {
 			Verb, Key string
@@ -666,8 +671,9 @@ func ambClaimOf(body []byte) (string, time.Time, bool) {
 		}
 	}
 	if json.Unmarshal(body, &ops) != nil {
-		return "", time.Time{}, false
+		return nil
 	}
+	var out []ambClaim
 	for _, o := range ops {
 		if o.KV == nil || o.KV.Verb != "cas" || !strings.HasSuffix(o.KV.Key, "/last") {
 			continue
@@ -675,12 +681,11 @@ func ambClaimOf(body []byte) (string, time.Time, bool) {
 		var rec struct {
 			Slot time.Time `json:"slot"`
 		}
-		if json.Unmarshal(o.KV.Value, &rec) != nil {
-			return "", time.Time{}, false
+		if json.Unmarshal(o.KV.Value, &rec) == nil {
+			out = append(out, ambClaim{path.Base(path.Dir(o.KV.Key)), rec.Slot})
 		}
-		return path.Base(path.Dir(o.KV.Key)), rec.Slot, true
 	}
-	return "", time.Time{}, false
+	return out
 }
 
 // ambFired counts the triggers of job's scheduled slot s (run-now

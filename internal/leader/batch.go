@@ -192,6 +192,10 @@ func (b *claimBatcher) refused(calls []*claimCall, resp *api.TxnResponse) []*cla
 		answerAll(again, &refusedError{op: "claim batch", what: resp.Errors[0].What})
 		return nil
 	}
+	// Unusual: only another writer of a job's record (an operator, or
+	// this term's own claim whose outcome was unknown) makes a cas fail.
+	c.e.log.Warn("claim batch refused in part: the others sent again", "refused", len(calls)-len(again),
+		"sent_again", len(again), "what", resp.Errors[0].What)
 	return again
 }
 

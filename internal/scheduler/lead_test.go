@@ -174,3 +174,24 @@ func (leadObserver) SlotDone(string, fate.Outcome, fate.Reason) {}
 func (leadObserver) TriggerSent(string, time.Duration)          {}
 func (leadObserver) TriggerDone(string, time.Duration)          {}
 func (o leadObserver) ClaimLead(d time.Duration)                { *o.got = d }
+
+// A claim that loses while the record stays before its slot (another
+// writer rewrote the record under both of Claim's rounds) leaves the slot
+// unclaimed: it is recorded as missed, claim_failed, never dropped
+// silently; the next slot fires.
+func TestClaimLostToAnotherWriterIsRecorded(t *testing.T) {
+	const sec = time.Second
+	opts, rec := withRecorder(Options{LeaseMargin: 5 * sec})
+	h := newHarness(t, []Job{job("bill", 10*sec)}, opts)
+	h.term.races = map[string]int{"bill": 1}
+	h.lead()
+	h.clock.waitPending(t, at(10*sec))
+	h.clock.AdvanceTo(at(10 * sec))
+	h.clock.waitPending(t, at(20*sec))
+	checkRecorded(t, rec.all(), LastRun{Slot: at(10 * sec), Outcome: fate.Missed, Reason: fate.ClaimFailed})
+	h.clock.AdvanceTo(at(20 * sec))
+	checkRun(t, h.app.next(t), "bill", at(20*sec), 42, at(50*sec))
+	if rest := h.finish(); len(rest) != 0 {
+		checkSlots(t, "extra triggers", rest)
+	}
+}

@@ -407,8 +407,15 @@ func (s *Scheduler) fireSlot(ctx context.Context, term Term, j Job, slot time.Ti
 	}
 	if !won {
 		// Claimed already, by us in an earlier term or by a peer whose
-		// clock is ahead: continue after the latest record.
-		last, _ := s.lastClaim(ctx, term, j, log)
+		// clock is ahead: continue after the latest record. A record
+		// still before the slot means nobody claimed it: the claim lost
+		// to another writer of the record twice (Claim's two rounds),
+		// so the slot is certainly not claimed, and recorded so.
+		last, ok := s.lastClaim(ctx, term, j, log)
+		if ok && last.Slot.Before(slot) {
+			log.Warn("claim slot lost twice to another writer of the job's record", "slot", slotString(slot))
+			s.finish(log, j, LastRun{Slot: slot, Outcome: fate.Missed, Reason: fate.ClaimFailed, FencingToken: term.Token()})
+		}
 		return last.Slot, false
 	}
 	if paused {

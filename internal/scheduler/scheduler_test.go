@@ -75,6 +75,9 @@ type fakeTerm struct {
 	// unclean makes PreviousClean false.
 	records map[string]kvlayout.Claim
 	unclean bool
+	// races makes the next races[job] claims of job lose without any
+	// record moving (another writer touched the record each time).
+	races map[string]int
 }
 
 var (
@@ -134,6 +137,8 @@ func (f *fakeTerm) Claim(ctx context.Context, job string, slot time.Time) (won, 
 		if f.claimErr != nil {
 			c.err = f.claimErr
 		}
+	case f.races[job] > 0:
+		f.races[job]--
 	case f.unknownWins[job].Equal(slot) && !slot.IsZero():
 		delete(f.unknownWins, job)
 		c.won = true
