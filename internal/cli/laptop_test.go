@@ -21,6 +21,7 @@ import (
 	"github.com/leadercron/leadercron/internal/consultest"
 	"github.com/leadercron/leadercron/internal/kvlayout"
 	"github.com/leadercron/leadercron/internal/ledger"
+	"github.com/leadercron/leadercron/internal/testkit"
 )
 
 const laptopService = "laptop-test"
@@ -30,7 +31,7 @@ const laptopService = "laptop-test"
 type fleetSidecar struct {
 	id      string
 	port    int
-	logs    *syncBuffer
+	logs    *testkit.SyncBuffer
 	healthy atomic.Bool // what the app's /health answers
 	cancel  context.CancelFunc
 	code    chan int
@@ -41,7 +42,7 @@ type fleetSidecar struct {
 // trigger 200, every drain {"running":0}, and /health as s.healthy says.
 func startFleetSidecar(t *testing.T, consulAddr, id string, jobs map[string]string) *fleetSidecar {
 	t.Helper()
-	s := &fleetSidecar{id: id, port: freePort(t), logs: &syncBuffer{}, code: make(chan int, 1)}
+	s := &fleetSidecar{id: id, port: freePort(t), logs: &testkit.SyncBuffer{}, code: make(chan int, 1)}
 	s.healthy.Store(true)
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {

@@ -1,7 +1,6 @@
 package cli_test
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net"
@@ -9,11 +8,11 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/leadercron/leadercron/internal/cli"
+	"github.com/leadercron/leadercron/internal/testkit"
 )
 
 const (
@@ -21,34 +20,14 @@ const (
 	adminToken    = "admin-token-0123456789abcdef-0123456789abc"
 )
 
-// syncBuffer is a bytes.Buffer that the sidecar's logger and the test can
-// use at the same time.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// freePort returns a TCP port that was free a moment ago.
+// freePort is a loopback TCP port that nothing listens on now.
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := testkit.FreePorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return ports[0]
 }
 
 // outsideIP returns an address of this host that is not loopback, from
@@ -86,7 +65,7 @@ func TestAdminPortGuarded(t *testing.T) {
 		"LEADERCRON_TRIGGER_SECRET=" + triggerSecret,
 		"LEADERCRON_JOB_NIGHTLY=0 3 * * *",
 	}
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	code := make(chan int, 1)
 	go func() { code <- cli.Main(ctx, nil, env, io.Discard, &logs) }()
@@ -173,7 +152,7 @@ func TestAdminTokenAccepted(t *testing.T) {
 		"LEADERCRON_APP_URL=http://127.0.0.1:" + strconv.Itoa(freePort(t)),
 		"LEADERCRON_ADMIN_TOKEN_FILE=" + file,
 	}
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	code := make(chan int, 1)
 	go func() { code <- cli.Main(ctx, nil, env, io.Discard, &logs) }()

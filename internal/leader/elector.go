@@ -235,12 +235,10 @@ func (c *campaign) fail(ctx context.Context, op metrics.ConsulOp, msg string, er
 
 // sleep waits out the next pause; false means ctx ended.
 func (c *campaign) sleep(ctx context.Context) bool {
-	t := time.NewTimer(c.pause.NextBackOff())
-	defer t.Stop()
 	select {
 	case <-ctx.Done():
 		return false
-	case <-t.C:
+	case <-time.After(c.pause.NextBackOff()):
 		return true
 	}
 }

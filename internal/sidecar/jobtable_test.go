@@ -17,6 +17,7 @@ import (
 	"github.com/leadercron/leadercron/internal/ledger"
 	"github.com/leadercron/leadercron/internal/metrics"
 	"github.com/leadercron/leadercron/internal/scheduler"
+	"github.com/leadercron/leadercron/internal/testkit"
 )
 
 // fakeFleet is a Ledger with P/fleet/ in memory: its first failTable
@@ -90,7 +91,7 @@ func TestPublishJobTable(t *testing.T) {
 		{ID: "web-2", Version: "v8", Digest: ledger.Digest(other), Jobs: other, At: time.Now()},
 		{ID: "web-3", Version: "v7", Digest: "old", At: time.Now().Add(-ledger.MemberTTL - time.Second), ModifyIndex: 42},
 	}}
-	var logs syncWriter
+	var logs testkit.SyncBuffer
 	s := New(config.Config{ID: "web-1", Jobs: jobs}, Deps{Ledger: f, Metrics: m, Clock: scheduler.SystemClock{},
 		Log: hclog.New(&hclog.LoggerOptions{Output: &logs, JSONFormat: true})})
 
@@ -166,21 +167,4 @@ func TestKeepMember(t *testing.T) {
 	cancel()
 	<-done
 	ev.await(t, "remove member web-1 at 0", 1)
-}
-
-type syncWriter struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
 }
