@@ -8,6 +8,7 @@ package faults
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"strings"
@@ -97,7 +98,7 @@ func TestBatchAnswerLost(t *testing.T) {
 }
 
 // TestBatchConflict has another writer rewrite one job's claim record
-// (same value, new index) a few times a second, so the leader's cached
+// (same slot, new index) a few times a second, so the leader's cached
 // index for it goes stale and that job's cas fails inside batches. The
 // batch must be sent again without it, and the job must re-read its
 // record and claim again: every slot of every job fires once, with no
@@ -113,8 +114,15 @@ func TestBatchConflict(t *testing.T) {
 	rewrites := 0
 	for ctx.Err() == nil {
 		if pair, _, err := client.KV().Get(key, nil); err == nil && pair != nil {
-			if _, err := client.KV().Put(&api.KVPair{Key: key, Value: pair.Value}, nil); err == nil {
-				rewrites++
+			// The same claim with one more field: Consul skips a write of
+			// an identical value, and the index must move.
+			var rec map[string]any
+			if json.Unmarshal(pair.Value, &rec) == nil {
+				rec["rewritten"] = rewrites
+				value, _ := json.Marshal(rec)
+				if _, err := client.KV().Put(&api.KVPair{Key: key, Value: value}, nil); err == nil {
+					rewrites++
+				}
 			}
 		}
 		select {
