@@ -401,9 +401,12 @@ func (s *Scheduler) fireSlot(ctx context.Context, term Term, j Job, slot time.Ti
 			return time.Time{}, false
 		}
 	}
-	won, paused, done := s.claim(ctx, term, j, slot, log)
+	won, paused, settled, done := s.claim(ctx, term, j, slot, log)
 	if done {
 		return time.Time{}, true
+	}
+	if settled {
+		return time.Time{}, false // recorded as missed, with its reason
 	}
 	if !won {
 		// Claimed already, by us in an earlier term or by a peer whose
@@ -506,9 +509,9 @@ func (s *Scheduler) catchUpFrom(log hclog.Logger, j Job, last, now time.Time) ti
 // claim claims slot. An unknown outcome is retried (the retry re-reads
 // the record and resolves it) while the lease lasts and the next slot is
 // not yet due; a slot whose claim stays unknown, or that Consul refused,
-// is recorded as missed with its reason. done reports that leadership is
-// over.
-func (s *Scheduler) claim(ctx context.Context, term Term, j Job, slot time.Time, log hclog.Logger) (won, paused, done bool) {
+// is recorded as missed with its reason, and settled reports that. done
+// reports that leadership is over.
+func (s *Scheduler) claim(ctx context.Context, term Term, j Job, slot time.Time, log hclog.Logger) (won, paused, settled, done bool) {
 	wait := s.opts.ClaimRetry
 	nextSlot := j.Schedule.Next(slot.In(j.Location))
 	// The claim is not cancelled with the leadership: a shutdown that
@@ -524,7 +527,7 @@ func (s *Scheduler) claim(ctx context.Context, term Term, j Job, slot time.Time,
 		won, paused, err := term.Claim(cctx, j.Name, slot)
 		if err == nil {
 			s.lead.observe(s.clock.Now().Sub(start))
-			return won, paused, false
+			return won, paused, false, false
 		}
 		ended := ctx.Err() != nil
 		missed := LastRun{Slot: slot, Outcome: fate.Missed, Reason: fate.ClaimUnknown, FencingToken: term.Token()}
@@ -536,13 +539,13 @@ func (s *Scheduler) claim(ctx context.Context, term Term, j Job, slot time.Time,
 				missed.Reason = fate.ClaimFailed
 				s.finish(log, j, missed)
 			}
-			return false, false, ended
+			return false, false, true, ended
 		}
 		log.Warn("claim slot outcome unknown", "slot", slotString(slot), "attempt", attempt, "error", err)
 		// At shutdown one more attempt resolves the outcome, at once.
 		if term.Remaining() < s.opts.LeaseMargin || !s.fleetNow(j.Name).Add(wait).Before(nextSlot) || (ended && attempt > 1) {
 			s.finish(log, j, missed)
-			return false, false, ended
+			return false, false, true, ended
 		}
 		if ended {
 			continue
