@@ -11,6 +11,12 @@
 //
 // hclog v1.6.3 has no hook for this: LoggerOptions offers no value
 // formatter, and SubloggerHook sees only new loggers, not log calls.
+//
+// Guarantees: every time.Duration passed as a key/value argument, or
+// through With, is written as its String() form, in JSON and in text; the
+// caller's argument slice is not changed. Not guaranteed: durations nested
+// inside another value (a struct, a slice) are written as encoding/json
+// writes them.
 package logfmt
 
 import (
