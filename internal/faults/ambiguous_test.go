@@ -52,17 +52,7 @@ func TestConsulAmbiguousClaims(t *testing.T) {
 		for _, loss := range []consultest.Loss{consultest.ResetAnswer, consultest.Answer500} {
 			d := between(r, 7*time.Second, 8*time.Second)
 			at := f.h.Fault(fmt.Sprintf("every 3rd claim applied, its answer lost (%s), for %s", loss, d.Round(time.Millisecond)))
-			for i, p := range f.faults {
-				p.LoseAnswers(consultest.Rule{Match: consultest.Ops(consultest.OpClaim), Every: 3, Loss: loss,
-					OnApplied: ambMarkClaim(f.h, f.procs[i].id, loss)})
-			}
-			sleep(d)
-			for _, p := range f.faults {
-				p.LoseAnswers()
-			}
-			end := f.h.Fault("claim answers delivered again")
-			excused = append(excused, window{from: at, to: end.Add(time.Second), why: "claim answers lost",
-				reasons: []string{reasonUnknown}, mustRecord: true})
+			excused = append(excused, ambLoseClaimAnswers(f, at, d, 3, loss, "claim answers lost"))
 		}
 	})
 	to := f.settle(time.Now(), 6, 30*time.Second)
@@ -641,6 +631,23 @@ func TestSigtermDuringAcquire(t *testing.T) {
 	c := f.spec(from, to, first, excused...)
 	c.strict = true
 	finish(t, f.h, c, strings.Join(notes, "; "))
+}
+
+// ambLoseClaimAnswers loses the answer of every nth claim Txn of every
+// sidecar after Consul applied it, for d from at, marking each claim of
+// those Txns, and returns the window: slots recorded claim_unknown there
+// are explained, and every lost one must be recorded.
+func ambLoseClaimAnswers(f *fleet, at time.Time, d time.Duration, every int, loss consultest.Loss, why string) window {
+	for i, p := range f.faults {
+		p.LoseAnswers(consultest.Rule{Match: consultest.Ops(consultest.OpClaim), Every: every, Loss: loss,
+			OnApplied: ambMarkClaim(f.h, f.procs[i].id, loss)})
+	}
+	sleep(d)
+	for _, p := range f.faults {
+		p.LoseAnswers()
+	}
+	end := f.h.Fault("claim answers delivered again")
+	return window{from: at, to: end.Add(time.Second), why: why, reasons: []string{reasonUnknown}, mustRecord: true}
 }
 
 // ambMarkClaim returns an OnApplied hook that records, for sidecar id, the

@@ -48,17 +48,7 @@ func TestBatchAnswerLost(t *testing.T) {
 	loop(func(int) {
 		d := between(r, 7*time.Second, 8*time.Second)
 		at := f.h.Fault(fmt.Sprintf("every 2nd claim batch applied, its answer lost, for %s", d.Round(time.Millisecond)))
-		for i, p := range f.faults {
-			p.LoseAnswers(consultest.Rule{Match: consultest.Ops(consultest.OpClaim), Every: 2, Loss: consultest.ResetAnswer,
-				OnApplied: ambMarkClaim(f.h, f.procs[i].id, consultest.ResetAnswer)})
-		}
-		sleep(d)
-		for _, p := range f.faults {
-			p.LoseAnswers()
-		}
-		end := f.h.Fault("claim answers delivered again")
-		excused = append(excused, window{from: at, to: end.Add(time.Second), why: "claim batch answers lost",
-			reasons: []string{reasonUnknown}, mustRecord: true})
+		excused = append(excused, ambLoseClaimAnswers(f, at, d, 2, consultest.ResetAnswer, "claim batch answers lost"))
 	})
 	to := f.settle(time.Now(), 6, 30*time.Second)
 	evs, _ := f.h.Snapshot()
