@@ -76,18 +76,26 @@ func (s *Store) AppendAll(ctx context.Context, entries map[string][]kvlayout.Ent
 	jobs := slices.Sorted(maps.Keys(entries))
 	pause := casBackoff()
 	var errs []error
+	var unknown error // the last Txn whose outcome was unknown
 	for range maxCASAttempts {
-		var conflicts []string
+		var again []string
 		for chunk := range s.historyChunks(ctx, jobs, entries, &errs) {
-			conflicts = append(conflicts, s.writeHistories(ctx, chunk, &errs)...)
+			retry, err := s.writeHistories(ctx, chunk, &errs)
+			again = append(again, retry...)
+			if err != nil {
+				unknown = err
+			}
 		}
-		if len(conflicts) == 0 {
+		if len(again) == 0 {
 			return errors.Join(errs...)
 		}
-		jobs = conflicts
+		jobs = again
 		if err := sleep(ctx, pause.NextBackOff()); err != nil {
-			return errors.Join(append(errs, fmt.Errorf("append history of %v: %w", jobs, err))...)
+			return errors.Join(append(errs, unknown, fmt.Errorf("append history of %v: %w", jobs, err))...)
 		}
+	}
+	if unknown != nil {
+		return errors.Join(append(errs, unknown)...)
 	}
 	return errors.Join(append(errs, fmt.Errorf("append history of %v: %w", jobs, ErrConflict))...)
 }
@@ -163,26 +171,28 @@ func (s *Store) newHistory(ctx context.Context, job string, entries []kvlayout.E
 }
 
 // writeHistories writes a chunk's lists in one Txn of check-and-sets and
-// returns the jobs whose list changed meanwhile (to re-read and retry). A
-// transport error leaves the outcome unknown: the cache of the chunk's
-// jobs is dropped and the error added to errs (the caller may retry; an
-// entry written already is not added twice).
-func (s *Store) writeHistories(ctx context.Context, chunk []historyWrite, errs *[]error) []string {
+// returns the jobs to write again: those whose list changed meanwhile (to
+// re-read), and those a refusal did not name. A transport error leaves the
+// outcome unknown: every job of the chunk is re-read and retried (an entry
+// the lost Txn did write is found and not added twice), and the error is
+// returned for the caller to report if the retries run out.
+func (s *Store) writeHistories(ctx context.Context, chunk []historyWrite, errs *[]error) ([]string, error) {
 	ops := make(api.TxnOps, len(chunk))
 	for i, w := range chunk {
 		ops[i] = &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: s.keys.History(w.job), Value: w.value, Index: w.index}}
 	}
 	ok, resp, _, err := s.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
-		for _, w := range chunk {
+		again := make([]string, len(chunk))
+		for i, w := range chunk {
 			s.histories.drop(w.job)
+			again[i] = w.job
 		}
-		*errs = append(*errs, fmt.Errorf("append history of %d jobs: txn: %w", len(chunk), err))
-		return nil
+		return again, fmt.Errorf("append history of %d jobs: txn: %w", len(chunk), err)
 	}
 	if ok {
 		s.cacheWritten(chunk, resp)
-		return nil
+		return nil, nil
 	}
 	// Refused as a whole: the ops it names failed. A list that changed
 	// meanwhile is re-read and retried; the lists it does not name are
@@ -206,7 +216,7 @@ func (s *Store) writeHistories(ctx context.Context, chunk []historyWrite, errs *
 			again = append(again, w.job)
 		}
 	}
-	return again
+	return again, nil
 }
 
 // denied reports whether a Txn error says the token may not do the op.

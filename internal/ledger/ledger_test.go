@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -191,6 +192,36 @@ func TestLedger(t *testing.T) {
 			}
 			if len(list) != want {
 				t.Errorf("%s holds %d entries, want %d: %+v", job, len(list), want, list)
+			}
+		}
+	})
+
+	// A batch Txn that Consul applied but whose answer was lost is
+	// unknown: AppendAll re-reads and retries, and finds the entries
+	// written, so each is stored exactly once.
+	t.Run("AppendAllAnswerLost", func(t *testing.T) {
+		ctx := ctxT(t)
+		p := prefix()
+		cfg := api.DefaultNonPooledConfig()
+		cfg.Address = addr
+		lt := &loseOnce{next: cfg.Transport}
+		cfg.HttpClient = &http.Client{Transport: lt}
+		c, err := api.NewClient(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := ledger.New(c, p)
+		batch := map[string][]kvlayout.Entry{"a": {entry(1)}, "b": {entry(1), entry(2)}}
+		if err := s.AppendAll(ctx, batch); err != nil {
+			t.Fatalf("AppendAll with one answer lost = %v, want the retry to resolve it", err)
+		}
+		if !lt.lost.Load() {
+			t.Fatal("no answer was lost: the fault did nothing")
+		}
+		for job, want := range map[string]int{"a": 1, "b": 2} {
+			list, err := s.History(ctx, job)
+			if err != nil || len(list) != want {
+				t.Errorf("%s: %d entries (%v), want %d: none lost, none doubled", job, len(list), err, want)
 			}
 		}
 	})
@@ -524,4 +555,21 @@ func consumeOps(keys kvlayout.Layout, session string, r kvlayout.Request) api.Tx
 		{KV: &api.KVTxnOp{Verb: api.KVCheckIndex, Key: key, Index: r.ModifyIndex}},
 		{KV: &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: key, Index: r.ModifyIndex}},
 	}
+}
+
+// loseOnce forwards every request, and throws away the answer of the first
+// Txn after Consul applied it.
+type loseOnce struct {
+	next http.RoundTripper
+	lost atomic.Bool
+}
+
+func (l *loseOnce) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := l.next.RoundTrip(r)
+	if err != nil || r.URL.Path != "/v1/txn" || !l.lost.CompareAndSwap(false, true) {
+		return resp, err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return nil, errors.New("test: answer lost after consul applied the txn")
 }
