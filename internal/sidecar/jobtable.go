@@ -11,7 +11,6 @@ import (
 	"github.com/leadercron/leadercron/internal/kvlayout"
 	"github.com/leadercron/leadercron/internal/ledger"
 	"github.com/leadercron/leadercron/internal/metrics"
-	"github.com/leadercron/leadercron/internal/scheduler"
 )
 
 // fleetLedger is the part of the ledger (ledger.Store) that keeps P/fleet/:
@@ -57,13 +56,9 @@ func (s *Sidecar) publishJobTable(ctx context.Context, term Term) {
 	if !ok {
 		return
 	}
-	jobs := make([]scheduler.Job, len(s.cfg.Jobs))
-	for i, j := range s.cfg.Jobs {
-		jobs[i] = j.Job
-	}
-	specs := ledger.JobSpecs(jobs)
-	p := &fleetPublisher{s: s, store: store, token: term.Token(), specs: specs, digest: ledger.Digest(specs),
-		version: s.m.Version(), reported: map[string]string{}}
+	m := s.member()
+	p := &fleetPublisher{s: s, store: store, token: term.Token(), specs: m.Jobs, digest: m.Digest,
+		version: m.Version, reported: map[string]string{}}
 	defer s.m.JobTableMismatch(0)
 	p.run(ctx)
 }
@@ -109,11 +104,7 @@ func (s *Sidecar) keepMember(ctx context.Context) {
 
 // member is this sidecar's member record, without its time.
 func (s *Sidecar) member() kvlayout.Member {
-	jobs := make([]scheduler.Job, len(s.cfg.Jobs))
-	for i, j := range s.cfg.Jobs {
-		jobs[i] = j.Job
-	}
-	specs := ledger.JobSpecs(jobs)
+	specs := ledger.JobSpecs(s.jobs)
 	return kvlayout.Member{ID: s.cfg.ID, Version: s.m.Version(), Digest: ledger.Digest(specs), Jobs: specs}
 }
 

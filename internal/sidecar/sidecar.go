@@ -71,6 +71,7 @@ type Sidecar struct {
 	log       hclog.Logger
 	elector   Elector
 	appClient *appclient.Client
+	jobs      []scheduler.Job // cfg.Jobs, as the scheduler runs them
 	sched     *scheduler.Scheduler
 	m         *metrics.Metrics
 
@@ -96,7 +97,7 @@ func New(cfg config.Config, d Deps) *Sidecar {
 		jobs[i] = j.Job
 	}
 	s := &Sidecar{cfg: cfg, log: d.Log, elector: d.Elector, appClient: d.AppClient, m: d.Metrics, ledger: d.Ledger,
-		unknownReqs: map[string]bool{}}
+		jobs: jobs, unknownReqs: map[string]bool{}}
 	opts := scheduler.Options{
 		// Renewals come every TTL/4 and the lease is TTL*4/5 long, so
 		// a healthy leader always has more than TTL/5 left; less means
